@@ -1,0 +1,7 @@
+"""Allow ``python -m peb_mail``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,173 @@
+"""Build outbound emails from the jinja2 templates in ``peb_mail/templates``.
+
+Headers are set only through the ``email`` package's header classes, so a name
+or subject that contains CR, LF or encoded words cannot add a header. HTML
+templates autoescape everything they insert.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import mimetypes
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup, escape
+
+from .config import Config
+from .models import CRITERIA, MAX_TOTAL, Scenario, Verdict
+from .store import NewEmail
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """A display name and an address."""
+
+    name: str
+    address: str
+
+    def header(self) -> Address:
+        local, _, domain = self.address.rpartition("@")
+        # Header-folding characters in a display name would otherwise reach the
+        # wire; the email package rejects them, so they are replaced first.
+        clean_name = " ".join(self.name.replace("\r", " ").replace("\n", " ").split())
+        return Address(display_name=clean_name, username=local, domain=domain)
+
+
+def _paragraphs(text: str) -> Markup:
+    """Escape plain text and turn blank-line separated blocks into <p> elements."""
+    blocks = [block.strip("\n") for block in str(text).replace("\r\n", "\n").split("\n\n")]
+    html = "".join(
+        f"<p>{Markup('<br>').join(escape(line) for line in block.split(chr(10)))}</p>"
+        for block in blocks
+        if block.strip()
+    )
+    return Markup(html)
+
+
+def reply_subject(subject: str) -> str:
+    """Return ``Re: subject`` without doubling an existing prefix."""
+    subject = " ".join(subject.split())
+    if not subject:
+        return "Re: your email"
+    if subject[:3].lower() == "re:":
+        return "Re:" + subject[3:]
+    return f"Re: {subject}"
+
+
+class Composer:
+    """Render templates and build messages with recorded Message-IDs."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.domain = config.service.domain
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+        )
+        self.env.filters["paragraphs"] = _paragraphs
+
+    @property
+    def service(self) -> Mailbox:
+        return Mailbox(self.config.service.display_name, self.config.service.service_address)
+
+    @property
+    def envelope_from(self) -> str:
+        return f"bounces@{self.domain}"
+
+    def reply_address(self, token: str) -> str:
+        return f"reply+{token}@{self.domain}"
+
+    def counterpart_address(self, scenario: Scenario, token: str) -> str:
+        return f"{scenario.counterpart.local_part}+{token}@{self.domain}"
+
+    def render(self, name: str, **context: Any) -> str:
+        context.setdefault("service_address", self.config.service.service_address)
+        return self.env.get_template(name).render(**context)
+
+    def warm_up(self) -> None:
+        """Compile every template once so the first email costs no more than later ones."""
+        for name in self.env.list_templates(extensions=["j2"]):
+            self.env.get_template(name)
+
+    def build(
+        self,
+        *,
+        kind: str,
+        sender: Mailbox,
+        to: list[Mailbox],
+        subject: str,
+        text: str,
+        html: str | None = None,
+        reply_to: str | None = None,
+        cc: list[Mailbox] | None = None,
+        in_reply_to: str | None = None,
+        references: tuple[str, ...] = (),
+        attachments: tuple[Path, ...] = (),
+        attempt_id: int | None = None,
+        auto_submitted: str = "auto-replied",
+    ) -> NewEmail:
+        """Build one outbound email; its Message-ID is on our domain."""
+        message = EmailMessage(policy=SMTP)
+        message_id = email.utils.make_msgid(domain=self.domain)
+        message["Message-ID"] = message_id
+        message["Date"] = email.utils.formatdate(localtime=False)
+        message["From"] = sender.header()
+        message["To"] = [box.header() for box in to]
+        if cc:
+            message["Cc"] = [box.header() for box in cc]
+        if reply_to:
+            message["Reply-To"] = Mailbox("", reply_to).header()
+        message["Subject"] = " ".join(subject.split())
+        if in_reply_to:
+            message["In-Reply-To"] = f"<{in_reply_to}>"
+            message["References"] = " ".join(f"<{item}>" for item in (*references, in_reply_to))
+        # RFC 3834: tells other robots not to answer us.
+        message["Auto-Submitted"] = auto_submitted
+        message["X-Auto-Response-Suppress"] = "All"
+        message.set_content(text, cte="quoted-printable")
+        if html is not None:
+            message.add_alternative(html, subtype="html", cte="quoted-printable")
+        for path in attachments:
+            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            maintype, _, subtype = content_type.partition("/")
+            message.add_attachment(
+                path.read_bytes(), maintype=maintype, subtype=subtype, filename=path.name
+            )
+        recipients = tuple(box.address for box in [*to, *(cc or [])])
+        return NewEmail(
+            message_id=message_id.strip("<>"),
+            kind=kind,
+            envelope_from=self.envelope_from,
+            rcpt_tos=recipients,
+            raw=message.as_bytes(),
+            attempt_id=attempt_id,
+        )
+
+    def score_rows(self, verdict: Verdict) -> list[dict[str, Any]]:
+        by_key = {item.criterion: item for item in verdict.scores}
+        return [
+            {
+                "label": label,
+                "score": by_key[key].score,
+                "justification": by_key[key].justification,
+            }
+            for key, label in CRITERIA
+        ]
+
+    def feedback_context(self, verdict: Verdict, scenario: Scenario) -> dict[str, Any]:
+        return {
+            "verdict": verdict,
+            "scenario": scenario,
+            "rows": self.score_rows(verdict),
+            "max_total": MAX_TOTAL,
+        }

@@ -1,0 +1,467 @@
+"""Turn each received message into its effect: a command reply or a submission.
+
+Intake reads ``inbound`` rows in state ``received``. For each it parses the
+stored bytes, then in one transaction decides what the message is, writes the
+effect (an attempt, a grading job, emails in the outbox) and moves the row to
+its final state. A crash before the commit leaves the row ``received``, so it
+is processed again on restart; the conditional state update stops a second
+process from applying it twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import re
+import secrets
+from dataclasses import asdict, dataclass
+
+import aiosqlite
+
+from . import store as sql
+from .compose import Composer, Mailbox, reply_subject
+from .config import Config
+from .errors import NotFoundError
+from .message import ParsedEmail, parse, strip_reply_prefix
+from .models import MAX_TOTAL, Scenario
+from .scenarios import find_scenario, render_starter
+from .store import Attempt, Store, Student
+
+logger = logging.getLogger(__name__)
+
+COMMANDS = ("HELP", "LIST", "START", "STATUS")
+_COMMAND_RE = re.compile(r"^\s*(help|list|status|start)(?:\s+([a-z0-9][a-z0-9-]*))?\s*[.!]?\s*$", re.I)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    argument: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What intake decided for one message, for logs, the CLI and the demo."""
+
+    inbound_id: int
+    state: str
+    reason: str
+    attempt_id: int | None = None
+
+
+def parse_command(subject: str, new_text: str) -> Command | None:
+    """Find a command in the subject or the first line of the new text.
+
+    The whole subject or line must be the command, so an email whose subject
+    is "Help with the report" is not read as HELP.
+    """
+    first_line = next((line for line in new_text.splitlines() if line.strip()), "")
+    for candidate in (strip_reply_prefix(subject), first_line):
+        match = _COMMAND_RE.match(candidate)
+        if match:
+            name = match.group(1).upper()
+            argument = match.group(2)
+            if name == "START" and not argument:
+                return Command("START")
+            if name != "START" and argument:
+                continue
+            return Command(name, argument)
+    return None
+
+
+def new_token() -> str:
+    """Return an unguessable token of 80 random bits, safe in an email local part."""
+    return base64.b32encode(secrets.token_bytes(10)).decode("ascii").lower()
+
+
+def token_of(address: str, domain: str) -> str | None:
+    local, _, address_domain = address.lower().rpartition("@")
+    if address_domain != domain or "+" not in local:
+        return None
+    return local.rsplit("+", 1)[1] or None
+
+
+class Intake:
+    """Process received messages; one instance per service process."""
+
+    def __init__(
+        self, store: Store, composer: Composer, scenarios: list[Scenario], config: Config
+    ) -> None:
+        self.store = store
+        self.composer = composer
+        self.scenarios = scenarios
+        self.scenarios_by_id = {scenario.id: scenario for scenario in scenarios}
+        self.config = config
+        self.domain = config.service.domain
+
+    async def process_pending(self) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        while True:
+            ids = await self.store.received_inbound_ids()
+            if not ids:
+                return outcomes
+            for inbound_id in ids:
+                outcome = await self.process(inbound_id)
+                if outcome:
+                    outcomes.append(outcome)
+
+    async def process(self, inbound_id: int) -> Outcome | None:
+        """Process one message; None when it was already processed elsewhere."""
+        row = await self.store.inbound_row(inbound_id)
+        if row is None or row["state"] != "received":
+            return None
+        rcpt_tos = [address.lower() for address in json.loads(row["rcpt_tos"])]
+        try:
+            parsed = parse(row["raw"])
+        except Exception as exc:  # any parser failure must quarantine, not crash
+            logger.warning("inbound %d quarantined: %s: %s", inbound_id, type(exc).__name__, exc)
+            return await self._finish_only(
+                inbound_id, "quarantined", f"could not parse: {type(exc).__name__}: {exc}"
+            )
+
+        skip_reason = self._automatic_reason(row["mail_from"], parsed)
+        if skip_reason:
+            logger.info("inbound %d ignored: %s", inbound_id, skip_reason)
+            return await self._finish_only(inbound_id, "ignored", skip_reason)
+
+        try:
+            async with self.store.transaction() as db:
+                outcome = await self._decide(db, inbound_id, parsed, rcpt_tos)
+                if outcome is None:
+                    # Another process finished this row first, so undo our writes.
+                    raise _AlreadyProcessed
+        except _AlreadyProcessed:
+            return None
+        logger.info(
+            "inbound %d %s: %s (attempt %s)",
+            inbound_id,
+            outcome.state,
+            outcome.reason,
+            outcome.attempt_id,
+        )
+        return outcome
+
+    def _automatic_reason(self, mail_from: str, parsed: ParsedEmail) -> str | None:
+        if parsed.automatic:
+            return parsed.automatic
+        if not mail_from or mail_from.startswith(("mailer-daemon@", "postmaster@")):
+            return "null or mailer-daemon envelope sender (bounce)"
+        if parsed.from_address.endswith("@" + self.domain):
+            return "our own mail looping back"
+        return None
+
+    async def _finish_only(self, inbound_id: int, state: str, reason: str) -> Outcome | None:
+        async with self.store.transaction() as db:
+            done = await sql.finish_inbound(
+                db, inbound_id, state=state, reason=reason, now=self.store.clock()
+            )
+        return Outcome(inbound_id, state, reason) if done else None
+
+    async def _decide(
+        self,
+        db: aiosqlite.Connection,
+        inbound_id: int,
+        parsed: ParsedEmail,
+        rcpt_tos: list[str],
+    ) -> Outcome | None:
+        student = await sql.fetch_student(db, parsed.from_address)
+        if student is None:
+            await self._notice_once(
+                db,
+                parsed,
+                None,
+                "We could not find your address in our list of students. Please ask "
+                "your teacher to add you. Then write to us again.",
+            )
+            return await self._finish(db, inbound_id, "rejected", "sender not enrolled", None, None)
+
+        to_service = self.config.service.service_address in rcpt_tos
+        command = parse_command(parsed.subject, parsed.new_text) if to_service else None
+        attempt = None if command else await self._match(db, student, parsed, rcpt_tos)
+
+        if command:
+            attempt_id = await self._run_command(db, command, student, parsed)
+            return await self._finish(
+                db, inbound_id, "processed", f"command {command.name}", student.id, attempt_id
+            )
+        if attempt is not None:
+            return await self._submit(db, inbound_id, parsed, student, attempt)
+        if to_service:
+            await self._reply(db, "help", student, parsed, self._help_text(student))
+            return await self._finish(db, inbound_id, "processed", "no command: sent HELP", student.id, None)
+        await self._notice_once(
+            db,
+            parsed,
+            student,
+            "We could not match your email to a practice scenario. Please reply to the "
+            "email we sent you for the scenario, or write to the address in your brief.",
+        )
+        return await self._finish(db, inbound_id, "rejected", "no matching attempt", student.id, None)
+
+    async def _match(
+        self, db: aiosqlite.Connection, student: Student, parsed: ParsedEmail, rcpt_tos: list[str]
+    ) -> Attempt | None:
+        """Find the attempt a message answers: thread ids, then token, then the only open one."""
+        thread_ids = [*parsed.references, *parsed.in_reply_to]
+        attempt_id = await sql.attempt_for_message_ids(db, thread_ids)
+        if attempt_id is not None:
+            attempt = await sql.fetch_attempt(db, attempt_id)
+            if attempt and attempt.student_id == student.id:
+                return attempt
+        for address in rcpt_tos:
+            token = token_of(address, self.domain)
+            if token:
+                attempt = await sql.attempt_by_token(db, token)
+                if attempt and attempt.student_id == student.id:
+                    return attempt
+        if self.config.service.service_address not in rcpt_tos:
+            open_attempts = await sql.open_attempts(db, student.id)
+            if len(open_attempts) == 1:
+                return open_attempts[0]
+        return None
+
+    async def _submit(
+        self,
+        db: aiosqlite.Connection,
+        inbound_id: int,
+        parsed: ParsedEmail,
+        student: Student,
+        attempt: Attempt,
+    ) -> Outcome | None:
+        if parsed.message_id:
+            await sql.add_thread_id(db, parsed.message_id, attempt.id)
+        if attempt.state != "open":
+            state_text = {
+                "submitted": "We already have your email for this scenario and we are grading it.",
+                "graded": "You already finished this scenario and we sent you the feedback.",
+                "failed": "We already have your email for this scenario.",
+            }.get(attempt.state, "This scenario is closed.")
+            scenario = self.scenarios_by_id.get(attempt.scenario_id)
+            ref = scenario.number if scenario else attempt.scenario_id
+            await self._reply(
+                db,
+                "notice",
+                student,
+                parsed,
+                self.composer.render(
+                    "notice.txt.j2",
+                    student_name=_first_name(student.name),
+                    text=f"{state_text} To practise it again, send START {ref}.",
+                ),
+                attempt_id=attempt.id,
+            )
+            return await self._finish(
+                db, inbound_id, "processed", f"attempt already {attempt.state}", student.id, attempt.id
+            )
+        if not parsed.new_text.strip():
+            text = (
+                "We found only quoted text in your email, so there is nothing to grade. "
+                "Please write your answer above the quoted email and send it again."
+                if parsed.had_quote
+                else "Your email was empty, so there is nothing to grade. Please write "
+                "your answer and send it again."
+            )
+            await self._reply(
+                db,
+                "notice",
+                student,
+                parsed,
+                self.composer.render(
+                    "notice.txt.j2", student_name=_first_name(student.name), text=text
+                ),
+                attempt_id=attempt.id,
+            )
+            return await self._finish(
+                db, inbound_id, "processed", "nothing to grade", student.id, attempt.id
+            )
+        await sql.submit_attempt(
+            db,
+            attempt.id,
+            inbound_id=inbound_id,
+            subject=parsed.subject,
+            body=parsed.new_text,
+            attachments=json.dumps([asdict(item) for item in parsed.attachments]),
+            max_tries=self.config.queue.max_tries,
+            now=self.store.clock(),
+        )
+        return await self._finish(db, inbound_id, "processed", "submission queued", student.id, attempt.id)
+
+    async def _run_command(
+        self, db: aiosqlite.Connection, command: Command, student: Student, parsed: ParsedEmail
+    ) -> int | None:
+        name = _first_name(student.name)
+        if command.name == "LIST":
+            text = self.composer.render("list.txt.j2", student_name=name, scenarios=self.scenarios)
+            await self._reply(db, "list", student, parsed, text)
+        elif command.name == "STATUS":
+            await self._reply(db, "status", student, parsed, await self._status_text(db, student))
+        elif command.name == "START":
+            return await self._start(db, command.argument, student, parsed)
+        else:
+            await self._reply(db, "help", student, parsed, self._help_text(student))
+        return None
+
+    async def _start(
+        self, db: aiosqlite.Connection, ref: str | None, student: Student, parsed: ParsedEmail
+    ) -> int | None:
+        name = _first_name(student.name)
+        if not ref:
+            text = self._help_text(student, note="START needs a scenario number or id, for example START 1.")
+            await self._reply(db, "help", student, parsed, text)
+            return None
+        try:
+            scenario = find_scenario(self.scenarios, ref)
+        except NotFoundError as exc:
+            await self._reply(
+                db, "notice", student, parsed,
+                self.composer.render("notice.txt.j2", student_name=name, text=str(exc)),
+            )
+            return None
+
+        token = new_token()
+        attempt_id = await sql.create_attempt(db, student.id, scenario.id, token, self.store.clock())
+        counterpart_address = self.composer.counterpart_address(scenario, token)
+        brief = self.composer.render(
+            "brief.txt.j2",
+            student_name=name,
+            scenario=scenario,
+            counterpart_address=counterpart_address,
+            text_artefacts=[a for a in scenario.artefacts if a.text],
+            file_artefacts=[a for a in scenario.artefacts if a.path],
+        )
+        reply_to = (
+            counterpart_address
+            if scenario.type == "initiate"
+            else self.composer.reply_address(token)
+        )
+        await self._reply(
+            db,
+            "brief",
+            student,
+            parsed,
+            brief,
+            subject=f"Scenario {scenario.number}: {scenario.title}",
+            reply_to=reply_to,
+            attachments=tuple(a.path for a in scenario.artefacts if a.path),
+            attempt_id=attempt_id,
+        )
+        if scenario.type == "reply":
+            assert scenario.starter_subject is not None
+            starter = self.composer.build(
+                kind="starter",
+                sender=Mailbox(scenario.counterpart.name, counterpart_address),
+                to=[Mailbox(student.name, student.email)],
+                subject=scenario.starter_subject,
+                text=render_starter(scenario, student.name),
+                attempt_id=attempt_id,
+                auto_submitted="auto-generated",
+            )
+            await sql.insert_outbox(db, starter, self.store.clock())
+        return attempt_id
+
+    async def _status_text(self, db: aiosqlite.Connection, student: Student) -> str:
+        rows = []
+        for attempt in await sql.student_attempts(db, student.id):
+            scenario = self.scenarios_by_id.get(attempt.scenario_id)
+            status = {
+                "open": "Started. We are waiting for your email.",
+                "submitted": "We have your email and we are grading it.",
+                "graded": f"Score: {attempt.score} / {MAX_TOTAL}",
+                "failed": "Grading is delayed. Your teacher will check it.",
+            }.get(attempt.state, attempt.state)
+            rows.append(
+                {
+                    "id": attempt.id,
+                    "scenario_id": attempt.scenario_id,
+                    "title": scenario.title if scenario else attempt.scenario_id,
+                    "status": status,
+                }
+            )
+        return self.composer.render("status.txt.j2", student_name=_first_name(student.name), rows=rows)
+
+    def _help_text(self, student: Student | None, note: str | None = None) -> str:
+        example = self.scenarios[0].id if self.scenarios else "scenario-id"
+        return self.composer.render(
+            "help.txt.j2",
+            student_name=_first_name(student.name) if student else "",
+            example_id=example,
+            note=note,
+        )
+
+    async def _reply(
+        self,
+        db: aiosqlite.Connection,
+        kind: str,
+        student: Student,
+        parsed: ParsedEmail,
+        text: str,
+        *,
+        subject: str | None = None,
+        reply_to: str | None = None,
+        attachments: tuple = (),
+        attempt_id: int | None = None,
+    ) -> None:
+        """Queue a reply to the student's message, threaded under it."""
+        email = self.composer.build(
+            kind=kind,
+            sender=self.composer.service,
+            to=[Mailbox(student.name, student.email)],
+            subject=subject or reply_subject(parsed.subject),
+            text=text,
+            reply_to=reply_to,
+            in_reply_to=parsed.message_id,
+            references=parsed.references,
+            attachments=attachments,
+            attempt_id=attempt_id,
+        )
+        await sql.insert_outbox(db, email, self.store.clock())
+
+    async def _notice_once(
+        self, db: aiosqlite.Connection, parsed: ParsedEmail, student: Student | None, text: str
+    ) -> None:
+        """Send a short explanation, at most one per sender per UTC day."""
+        day = dt.datetime.fromtimestamp(self.store.clock(), dt.UTC).date().isoformat()
+        if not await sql.take_notice_slot(db, parsed.from_address, day):
+            return
+        name = _first_name(student.name) if student else ""
+        email = self.composer.build(
+            kind="notice",
+            sender=self.composer.service,
+            to=[Mailbox(student.name if student else parsed.from_name, parsed.from_address)],
+            subject=reply_subject(parsed.subject),
+            text=self.composer.render("notice.txt.j2", student_name=name, text=text),
+            in_reply_to=parsed.message_id,
+            references=parsed.references,
+        )
+        await sql.insert_outbox(db, email, self.store.clock())
+
+    async def _finish(
+        self,
+        db: aiosqlite.Connection,
+        inbound_id: int,
+        state: str,
+        reason: str,
+        student_id: int | None,
+        attempt_id: int | None,
+    ) -> Outcome | None:
+        done = await sql.finish_inbound(
+            db,
+            inbound_id,
+            state=state,
+            reason=reason,
+            now=self.store.clock(),
+            student_id=student_id,
+            attempt_id=attempt_id,
+        )
+        return Outcome(inbound_id, state, reason, attempt_id) if done else None
+
+
+class _AlreadyProcessed(Exception):
+    """Raised inside the intake transaction to roll it back."""
+
+
+def _first_name(name: str) -> str:
+    parts = name.split()
+    return parts[0] if parts else ""

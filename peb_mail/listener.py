@@ -1,0 +1,111 @@
+"""The SMTP listener: accept mail for our domain and commit it before replying 250.
+
+The handler stores the raw bytes as received; everything else (parsing,
+matching, grading) happens later from the database, so the SMTP reply depends
+only on the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from .config import Config
+from .message import header_message_id
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+# Parameters that real MTAs add to MAIL and RCPT (RFC 3461 DSN, RFC 4954 AUTH).
+# aiosmtpd 1.4 answers 555 to any parameter it does not implement itself; we
+# accept these and ignore them, because we never relay and send no DSNs.
+_IGNORED_PARAMETERS = ("AUTH", "RET", "ENVID", "NOTIFY", "ORCPT")
+
+
+class PebSMTP(SMTP):
+    """aiosmtpd's SMTP with the extra MAIL and RCPT parameters accepted."""
+
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        result = super()._getparams(params)
+        if result is not None:
+            for name in _IGNORED_PARAMETERS:
+                result.pop(name, None)
+        return result
+
+
+class IntakeHandler:
+    """aiosmtpd handler: check recipients, store the message, reply."""
+
+    def __init__(self, store: Store, domain: str, on_stored: Callable[[], None]) -> None:
+        self.store = store
+        self.domain = domain.lower()
+        self.on_stored = on_stored
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        _, _, domain = address.rpartition("@")
+        if domain.lower() != self.domain:
+            # Never an open relay: only our own domain is accepted.
+            return f"550 5.7.1 <{address}>: relay not permitted, this server only accepts mail for {self.domain}"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", errors="surrogateescape")
+        peer = _peer_text(session.peer)
+        try:
+            inbound_id = await self.store.ingest(
+                peer=peer,
+                mail_from=envelope.mail_from or "",
+                rcpt_tos=list(envelope.rcpt_tos),
+                message_id=header_message_id(raw),
+                raw=raw,
+            )
+        except Exception:
+            # Tell the sending server to try later: 250 is only for stored mail,
+            # and Python error text never goes into an SMTP reply.
+            logger.exception("storing a message from %s failed", peer)
+            return "451 4.3.0 Temporary local problem, please try again later"
+        if inbound_id is None:
+            logger.info("duplicate delivery from %s ignored", envelope.mail_from)
+            return "250 2.0.0 OK: already received"
+        self.on_stored()
+        return f"250 2.0.0 OK: queued as {inbound_id}"
+
+
+def _peer_text(peer: object) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+async def start_listener(
+    config: Config, store: Store, on_stored: Callable[[], None]
+) -> asyncio.Server:
+    """Start listening on the configured host and port; port 0 picks a free one."""
+    handler = IntakeHandler(store, config.service.domain, on_stored)
+
+    def factory() -> PebSMTP:
+        return PebSMTP(
+            handler,
+            hostname=config.service.domain,
+            ident="peb-mail ESMTP",
+            data_size_limit=config.listener.max_message_bytes,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+        )
+
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(factory, host=config.listener.host, port=config.listener.port)

@@ -1,0 +1,173 @@
+"""Parse a stored raw message into the facts intake needs.
+
+mail-parser decodes bodies and attachments; the standard ``email`` package reads
+the few headers whose exact form matters (addresses and Message-IDs), because
+mail-parser normalises them in ways that lose detail.
+"""
+
+from __future__ import annotations
+
+import email
+import email.header
+import email.policy
+import email.utils
+import logging
+import re
+from dataclasses import dataclass
+
+import mailparser
+
+from .extract import extract_reply, html_to_text
+from .models import AttachmentInfo
+
+logger = logging.getLogger(__name__)
+
+_MSGID_RE = re.compile(r"<([^<>\s]+)>")
+_REPLY_PREFIX_RE = re.compile(r"^\s*((re|aw|sv|antw|r|ref|tr|fwd?|wg)\s*(\[\d+\])?\s*:\s*)+", re.I)
+_AUTO_SUBJECT_RE = re.compile(
+    r"^\s*(auto(matic)?[ -]?(reply|response)|out of (the )?office|abwesenheit|"
+    r"r[ée]ponse automatique|respuesta autom[áa]tica|undeliver|delivery status|"
+    r"mail delivery failed|returned mail)",
+    re.I,
+)
+
+
+@dataclass(frozen=True)
+class ParsedEmail:
+    """What intake needs from one received message."""
+
+    message_id: str | None
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    from_address: str
+    from_name: str
+    subject: str
+    # Plain text of the body: the text part, or the HTML part converted.
+    body_text: str
+    # The new text only, without quoted history or signature.
+    new_text: str
+    had_quote: bool
+    attachments: tuple[AttachmentInfo, ...]
+    # Why this message must not be answered (auto-reply, bounce, list), or None.
+    automatic: str | None
+
+
+def parse_message_ids(value: str | None) -> tuple[str, ...]:
+    """Return the ``<id>`` tokens of a Message-ID style header, without brackets.
+
+    Comments and junk between ids are ignored. A bare id without brackets is
+    accepted as one id, because some clients send that.
+    """
+    if not value:
+        return ()
+    found = _MSGID_RE.findall(value)
+    if found:
+        return tuple(found)
+    bare = value.strip()
+    return (bare,) if bare and " " not in bare else ()
+
+
+def strip_reply_prefix(subject: str) -> str:
+    return _REPLY_PREFIX_RE.sub("", subject).strip()
+
+
+def header_message_id(raw: bytes) -> str | None:
+    """Read only the Message-ID of a raw message, for duplicate detection."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    parsed = email.message_from_bytes(head + b"\r\n\r\n", policy=email.policy.compat32)
+    ids = parse_message_ids(str(parsed.get("Message-ID", "")))
+    return ids[0] if ids else None
+
+
+def parse(raw: bytes) -> ParsedEmail:
+    """Parse raw bytes. Raises ValueError when the message has no usable sender."""
+    headers = email.message_from_bytes(raw, policy=email.policy.compat32)
+    from_name, from_address = _single_from(headers.get_all("From") or [])
+    parsed = mailparser.parse_from_bytes(raw)
+
+    body_text = "\n".join(part for part in parsed.text_plain if part.strip())
+    if not body_text.strip() and parsed.text_html:
+        body_text = html_to_text("\n".join(parsed.text_html))
+    reply = extract_reply(body_text)
+
+    attachments = tuple(
+        AttachmentInfo(
+            filename=str(item.get("filename") or "unnamed"),
+            content_type=str(item.get("mail_content_type") or "application/octet-stream"),
+            size_bytes=_payload_size(item),
+        )
+        for item in parsed.attachments
+    )
+    subject = _decoded_header(headers, "Subject")
+    return ParsedEmail(
+        message_id=_first(parse_message_ids(_decoded_header(headers, "Message-ID"))),
+        in_reply_to=parse_message_ids(_decoded_header(headers, "In-Reply-To")),
+        references=parse_message_ids(_decoded_header(headers, "References")),
+        from_address=from_address,
+        from_name=from_name,
+        subject=subject,
+        body_text=body_text,
+        new_text=reply.text,
+        had_quote=reply.had_quote,
+        attachments=attachments,
+        automatic=classify_automatic(headers, subject),
+    )
+
+
+def classify_automatic(headers: email.message.Message, subject: str) -> str | None:
+    """Return why a message is machine-sent and must not be answered, or None."""
+    auto = str(headers.get("Auto-Submitted", "")).strip().lower()
+    if auto and auto != "no":
+        return f"Auto-Submitted: {auto}"
+    for name in ("X-Autoreply", "X-Autorespond", "X-Auto-Reply"):
+        if headers.get(name):
+            return f"{name} header"
+    precedence = str(headers.get("Precedence", "")).strip().lower()
+    if precedence in ("bulk", "junk", "list", "auto_reply"):
+        return f"Precedence: {precedence}"
+    if headers.get("List-Id"):
+        return "mailing list (List-Id)"
+    content_type = str(headers.get("Content-Type", "")).lower()
+    if "multipart/report" in content_type:
+        return "delivery report (multipart/report)"
+    if _AUTO_SUBJECT_RE.search(subject):
+        return "auto-reply subject"
+    return None
+
+
+def _single_from(values: list[str]) -> tuple[str, str]:
+    addresses = email.utils.getaddresses([str(value) for value in values])
+    addresses = [(name, addr) for name, addr in addresses if addr]
+    if len(addresses) != 1 or "@" not in addresses[0][1]:
+        raise ValueError(f"expected one From address, found {len(addresses)}")
+    name, address = addresses[0]
+    return name.strip(), address.strip().lower()
+
+
+def _decoded_header(headers: email.message.Message, name: str) -> str:
+    value = headers.get(name)
+    if value is None:
+        return ""
+    try:
+        parts = email.header.decode_header(str(value))
+        text = "".join(
+            chunk.decode(charset or "utf-8", errors="replace")
+            if isinstance(chunk, bytes)
+            else chunk
+            for chunk, charset in parts
+        )
+    except (LookupError, ValueError):
+        text = str(value)
+    return " ".join(text.split())
+
+
+def _payload_size(item: dict[str, object]) -> int:
+    payload = item.get("payload") or ""
+    if item.get("binary"):
+        # mail-parser keeps binary payloads base64-encoded: 4 chars per 3 bytes.
+        return len(str(payload).replace("\n", "")) * 3 // 4
+    return len(str(payload).encode("utf-8"))
+
+
+def _first(values: tuple[str, ...]) -> str | None:
+    return values[0] if values else None

@@ -1,0 +1,160 @@
+"""Deliver outbox emails through a transport, with retries and backoff.
+
+Two transports exist: ``SmtpTransport`` hands mail to a smarthost with
+aiosmtplib, and ``MaildirTransport`` stores it in a local Maildir so a new user
+can read every email without a mail server. A kill between a successful hand-off
+and ``mark_sent`` delivers that email again after its lease expires, so the
+guarantee is at least once, with the same Message-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mailbox
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+from .config import OutboxConfig
+from .errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
+from .store import OutboxEmail, Store
+from .worker import _wait_any, backoff_delay_s
+
+logger = logging.getLogger(__name__)
+
+# Long enough for a slow smarthost to accept a large message; an email whose
+# lease runs out is tried again, so it must exceed any single delivery.
+SEND_LEASE_S = 300.0
+
+
+class Transport(Protocol):
+    async def deliver(self, email: OutboxEmail) -> str | None:
+        """Deliver one email; return a note (such as refused recipients) or None.
+
+        Raises TemporaryDeliveryError or PermanentDeliveryError.
+        """
+        ...
+
+
+class MaildirTransport:
+    """Store each email in a Maildir folder (``new/``), as a mail client would find it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._maildir = mailbox.Maildir(path, create=True)
+
+    async def deliver(self, email: OutboxEmail) -> str | None:
+        envelope = (
+            f"X-Peb-Envelope-From: {email.envelope_from}\r\n"
+            f"X-Peb-Envelope-To: {', '.join(email.rcpt_tos)}\r\n"
+        ).encode("ascii", errors="replace")
+        try:
+            await asyncio.to_thread(self._maildir.add, envelope + email.raw)
+        except OSError as exc:
+            raise TemporaryDeliveryError(f"could not write to Maildir {self.path}: {exc}") from exc
+        return None
+
+
+class SmtpTransport:
+    """Send through the configured smarthost with aiosmtplib."""
+
+    def __init__(self, config: OutboxConfig) -> None:
+        self.config = config
+
+    async def deliver(self, email: OutboxEmail) -> str | None:
+        config = self.config
+        try:
+            errors, _ = await aiosmtplib.send(
+                email.raw,
+                sender=email.envelope_from,
+                recipients=list(email.rcpt_tos),
+                hostname=config.smarthost_host,
+                port=config.smarthost_port,
+                username=config.username or None,
+                password=config.password if config.username else None,
+                start_tls=config.starttls,
+                use_tls=config.use_tls,
+                timeout=config.timeout_s,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [item.code for item in exc.recipients]
+            text = "; ".join(f"{item.recipient}: {item.code} {item.message}" for item in exc.recipients)
+            if all(code >= 500 for code in codes):
+                raise PermanentDeliveryError(f"all recipients refused: {text}", codes[0]) from exc
+            raise TemporaryDeliveryError(f"recipients refused: {text}", codes[0]) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            error_class = PermanentDeliveryError if exc.code >= 500 else TemporaryDeliveryError
+            raise error_class(f"smarthost replied {exc.code} {exc.message}", exc.code) from exc
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            raise TemporaryDeliveryError(
+                f"could not deliver to {config.smarthost_host}:{config.smarthost_port}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if errors:
+            # NOTE: refused recipients of a partly accepted email are only noted,
+            # not retried one by one.
+            return "; ".join(f"{rcpt}: {reply.code} {reply.message}" for rcpt, reply in errors.items())
+        return None
+
+
+def make_transport(config: OutboxConfig) -> Transport:
+    if config.transport == "smtp":
+        return SmtpTransport(config)
+    return MaildirTransport(config.maildir)
+
+
+class Sender:
+    """Deliver due outbox emails; safe to run in several processes at once."""
+
+    def __init__(self, store: Store, transport: Transport, config: OutboxConfig) -> None:
+        self.store = store
+        self.transport = transport
+        self.config = config
+
+    async def run_once(self) -> int:
+        """Try every email that is due now; returns how many were tried."""
+        emails = await self.store.claim_outbox(SEND_LEASE_S)
+        for item in emails:
+            await self._deliver(item)
+        return len(emails)
+
+    async def drain(self) -> int:
+        total = 0
+        while count := await self.run_once():
+            total += count
+        return total
+
+    async def run(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if await self.run_once():
+                continue
+            wake.clear()
+            await _wait_any(wake, stop, self.config.poll_interval_s)
+
+    async def _deliver(self, item: OutboxEmail) -> None:
+        try:
+            note = await self.transport.deliver(item)
+        except PermanentDeliveryError as exc:
+            logger.warning("outbox %d (%s) dead: %s", item.id, item.kind, exc)
+            await self.store.mark_dead(item.id, str(exc))
+            return
+        except DeliveryError as exc:
+            await self._retry(item, str(exc))
+            return
+        except Exception as exc:  # a transport bug must not stop the sender
+            logger.exception("outbox %d: unexpected error while sending", item.id)
+            await self._retry(item, f"unexpected {type(exc).__name__}: {exc}")
+            return
+        await self.store.mark_sent(item.id, note)
+        logger.info("outbox %d (%s) sent to %d recipients", item.id, item.kind, len(item.rcpt_tos))
+
+    async def _retry(self, item: OutboxEmail, error: str) -> None:
+        if item.tries >= self.config.max_tries:
+            logger.warning("outbox %d (%s) dead after %d tries: %s", item.id, item.kind, item.tries, error)
+            await self.store.mark_dead(item.id, f"gave up after {item.tries} tries: {error}")
+            return
+        delay = backoff_delay_s(item.tries, self.config.backoff_base_s, self.config.backoff_max_s)
+        logger.info("outbox %d try %d failed, retry in %.0fs: %s", item.id, item.tries, delay, error)
+        await self.store.mark_retry(item.id, delay, error)

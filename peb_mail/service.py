@@ -1,0 +1,159 @@
+"""Run the listener, intake, grading workers and sender in one asyncio process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from contextlib import suppress
+
+from . import __version__
+from .compose import Composer
+from .config import Config
+from .intake import Intake
+from .listener import start_listener
+from .models import Grader, Scenario
+from .scenarios import load_scenarios
+from .sender import Sender, make_transport
+from .store import Store
+from .worker import GradingWorker, _wait_any, worker_name
+
+logger = logging.getLogger(__name__)
+
+
+def make_grader(config: Config) -> Grader:
+    if config.grader.kind == "llm":
+        from .llm_grader import LLMGrader
+
+        return LLMGrader(
+            config.grader.model,
+            api_base=config.grader.api_base or None,
+            api_key=config.grader.api_key,
+            timeout_s=config.grader.timeout_s,
+            max_output_tries=config.grader.max_output_tries,
+            prompts_dir=config.service.prompts_dir,
+        )
+    from .offline_grader import OfflineGrader
+
+    return OfflineGrader()
+
+
+class Service:
+    """The whole pipeline; ``start`` returns once the listener accepts mail."""
+
+    def __init__(self, config: Config, scenarios: list[Scenario] | None = None) -> None:
+        self.config = config
+        self.scenarios = scenarios if scenarios is not None else load_scenarios(config.service.scenarios_dir)
+        self.stop_event = asyncio.Event()
+        self.intake_wake = asyncio.Event()
+        self.grading_wake = asyncio.Event()
+        self.sending_wake = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.store: Store | None = None
+        self.server: asyncio.Server | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        self.store = await Store.open(config.service.database)
+        # The listener starts first so mail is accepted before the slower parts
+        # (templates, the model client) are ready.
+        self.server = await start_listener(config, self.store, self.intake_wake.set)
+        self.port = self.server.sockets[0].getsockname()[1]
+        if config.listener.port_file:
+            config.listener.port_file.parent.mkdir(parents=True, exist_ok=True)
+            config.listener.port_file.write_text(f"{self.port}\n")
+        logger.info(
+            "peb-mail %s listening on %s:%d for %s; database %s; grader %s; outbox %s; %d scenarios",
+            __version__,
+            config.listener.host,
+            self.port,
+            config.service.domain,
+            config.service.database,
+            config.grader.model if config.grader.kind == "llm" else "offline",
+            config.outbox.transport,
+            len(self.scenarios),
+        )
+        for job in await self.store.expired_leases():
+            logger.warning(
+                "job %d (attempt %d) has an expired lease from %s; it will be taken over",
+                job.id, job.attempt_id, job.lease_owner,
+            )
+
+        composer = Composer(config)
+        grader = make_grader(config)
+        self.tasks.append(asyncio.create_task(self._warm_up(composer, grader), name="warm-up"))
+        intake = Intake(self.store, composer, self.scenarios, config)
+        self.tasks.append(asyncio.create_task(self._run_intake(intake), name="intake"))
+        for index in range(config.queue.workers):
+            worker = GradingWorker(
+                store=self.store,
+                composer=composer,
+                grader=grader,
+                scenarios=self.scenarios,
+                config=config,
+                name=worker_name(index),
+                on_email=self.sending_wake.set,
+            )
+            self.tasks.append(
+                asyncio.create_task(worker.run(self.grading_wake, self.stop_event), name=f"worker-{index}")
+            )
+        sender = Sender(self.store, make_transport(config.outbox), config.outbox)
+        self.tasks.append(asyncio.create_task(sender.run(self.sending_wake, self.stop_event), name="sender"))
+
+    async def _warm_up(self, composer: Composer, grader: Grader) -> None:
+        started = time.monotonic()
+        composer.warm_up()
+        warm_up = getattr(grader, "warm_up", None)
+        if warm_up is not None:
+            try:
+                await warm_up()
+            except Exception:
+                logger.exception("warming up the grader failed; the first grading will retry")
+        logger.info("grader %s ready in %.2fs", grader.name, time.monotonic() - started)
+
+    async def _run_intake(self, intake: Intake) -> None:
+        assert self.store is not None
+        while not self.stop_event.is_set():
+            try:
+                outcomes = await intake.process_pending()
+            except Exception:
+                logger.exception("intake failed; retrying in %.1fs", self.config.queue.poll_interval_s)
+                outcomes = []
+            if any(outcome.reason == "submission queued" for outcome in outcomes):
+                self.grading_wake.set()
+            if outcomes:
+                self.sending_wake.set()
+            self.intake_wake.clear()
+            await _wait_any(self.intake_wake, self.stop_event, self.config.queue.poll_interval_s)
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop accepting mail, let running tasks finish their step, then close."""
+        logger.info("stopping")
+        if self.server is not None:
+            self.server.close()
+        self.stop_event.set()
+        if self.tasks:
+            done, pending = await asyncio.wait(self.tasks, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with suppress(asyncio.CancelledError):
+                    await task
+        if self.store is not None:
+            counts = await self.store.counts()
+            logger.info("stopped; jobs %s; outbox %s", counts["jobs"], counts["outbox"])
+            await self.store.close()
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGINT or SIGTERM."""
+    service = Service(config)
+    await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await service.stop()

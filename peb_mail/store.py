@@ -1,0 +1,722 @@
+"""SQLite storage: the schema and every SQL statement of the service.
+
+Each state change is one short ``BEGIN IMMEDIATE`` transaction, so a crash at
+any point leaves the database in a state the service resumes from:
+
+- ``inbound``: raw messages as received. ``state`` moves from ``received`` to
+  ``processed``, ``ignored``, ``rejected`` or ``quarantined``.
+- ``jobs``: one grading job per submitted attempt. A worker takes a *lease*:
+  ``state = 'grading'`` with ``lease_expires_at``. Others skip the job while the
+  lease lasts and take it over once it has expired. ``tries`` counts claims.
+- ``outbox``: every email the service sends, written in the same transaction
+  as the change that causes it, delivered later by the sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+SCHEMA = """
+create table if not exists students (
+    id integer primary key,
+    email text not null unique,
+    name text not null,
+    cohort text not null,
+    created_at real not null
+);
+create table if not exists cohort_instructors (
+    cohort text not null,
+    email text not null,
+    primary key (cohort, email)
+);
+create table if not exists inbound (
+    id integer primary key,
+    received_at real not null,
+    peer text not null,
+    mail_from text not null,
+    rcpt_tos text not null,
+    message_id text,
+    raw blob not null,
+    state text not null default 'received',
+    reason text,
+    student_id integer,
+    attempt_id integer,
+    processed_at real
+);
+create unique index if not exists inbound_dedup
+    on inbound (mail_from, message_id) where message_id is not null;
+create index if not exists inbound_state on inbound (state);
+create table if not exists attempts (
+    id integer primary key,
+    student_id integer not null references students (id),
+    scenario_id text not null,
+    token text not null unique,
+    state text not null default 'open',
+    created_at real not null,
+    inbound_id integer,
+    subject text,
+    body text,
+    attachments text,
+    score integer,
+    verdict text,
+    submitted_at real,
+    graded_at real
+);
+create index if not exists attempts_student on attempts (student_id, state);
+create table if not exists jobs (
+    id integer primary key,
+    attempt_id integer not null unique references attempts (id),
+    state text not null default 'queued',
+    tries integer not null default 0,
+    max_tries integer not null,
+    not_before real not null,
+    lease_owner text,
+    lease_expires_at real,
+    last_error text,
+    created_at real not null,
+    updated_at real not null
+);
+create index if not exists jobs_ready on jobs (state, not_before);
+create table if not exists outbox (
+    id integer primary key,
+    message_id text not null unique,
+    attempt_id integer,
+    kind text not null,
+    envelope_from text not null,
+    rcpt_tos text not null,
+    raw blob not null,
+    state text not null default 'pending',
+    tries integer not null default 0,
+    not_before real not null,
+    lease_expires_at real,
+    last_error text,
+    created_at real not null,
+    sent_at real
+);
+create index if not exists outbox_ready on outbox (state, not_before);
+create table if not exists thread_ids (
+    message_id text primary key,
+    attempt_id integer not null
+);
+create table if not exists notices (
+    sender text not null,
+    day text not null,
+    primary key (sender, day)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Student:
+    id: int
+    email: str
+    name: str
+    cohort: str
+
+
+@dataclass(frozen=True)
+class Attempt:
+    id: int
+    student_id: int
+    scenario_id: str
+    token: str
+    state: str
+    created_at: float
+    inbound_id: int | None
+    subject: str | None
+    body: str | None
+    attachments: str | None
+    score: int | None
+    verdict: str | None
+    submitted_at: float | None
+    graded_at: float | None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    attempt_id: int
+    state: str
+    tries: int
+    max_tries: int
+    lease_owner: str | None
+    lease_expires_at: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class OutboxEmail:
+    id: int
+    message_id: str
+    attempt_id: int | None
+    kind: str
+    envelope_from: str
+    rcpt_tos: tuple[str, ...]
+    raw: bytes
+    state: str
+    tries: int
+    not_before: float
+    last_error: str | None
+    created_at: float
+    sent_at: float | None
+
+
+@dataclass(frozen=True)
+class NewEmail:
+    """An outbound email ready to be queued in the outbox."""
+
+    message_id: str
+    kind: str
+    envelope_from: str
+    rcpt_tos: tuple[str, ...]
+    raw: bytes
+    attempt_id: int | None = None
+
+
+class Store:
+    """One aiosqlite connection with a lock that serialises transactions.
+
+    aiosqlite runs statements on a worker thread, so two tasks sharing the
+    connection could interleave their BEGIN and COMMIT. The lock keeps each
+    transaction whole. Other processes are kept out by SQLite's own locking,
+    with ``busy_timeout`` to wait instead of failing at once.
+    """
+
+    def __init__(self, db: aiosqlite.Connection, clock: Clock = time.time) -> None:
+        self._db = db
+        self._lock = asyncio.Lock()
+        self.clock = clock
+
+    @classmethod
+    async def open(cls, path: Path, clock: Clock = time.time) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        await db.execute("pragma busy_timeout = 10000")
+        await db.execute("pragma journal_mode = wal")
+        # FULL makes each commit durable against power loss in WAL mode, which
+        # is what "250 means stored" needs.
+        await db.execute("pragma synchronous = full")
+        await db.execute("pragma foreign_keys = on")
+        await db.executescript(SCHEMA)
+        return cls(db, clock)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Run the block in one ``BEGIN IMMEDIATE`` transaction.
+
+        IMMEDIATE takes the write lock at the start, so two processes never
+        both read a job as free and then both claim it.
+        """
+        async with self._lock:
+            await self._db.execute("begin immediate")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("rollback")
+                raise
+            await self._db.execute("commit")
+
+    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        async with self._lock:
+            async with self._db.execute(sql, tuple(params)) as cursor:
+                return list(await cursor.fetchall())
+
+    async def _fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
+
+    # -- inbound ---------------------------------------------------------
+
+    async def ingest(
+        self,
+        *,
+        peer: str,
+        mail_from: str,
+        rcpt_tos: list[str],
+        message_id: str | None,
+        raw: bytes,
+    ) -> int | None:
+        """Commit one received message and return its id.
+
+        Returns None for a duplicate delivery (same Message-ID from the same
+        envelope sender), which the caller still acknowledges with 250.
+        """
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "insert or ignore into inbound "
+                "(received_at, peer, mail_from, rcpt_tos, message_id, raw) "
+                "values (?, ?, ?, ?, ?, ?)",
+                (self.clock(), peer, mail_from.lower(), json.dumps(rcpt_tos), message_id, raw),
+            )
+            return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    async def received_inbound_ids(self, limit: int = 50) -> list[int]:
+        rows = await self._fetchall(
+            "select id from inbound where state = 'received' order by id limit ?", (limit,)
+        )
+        return [row["id"] for row in rows]
+
+    async def inbound_row(self, inbound_id: int) -> sqlite3.Row | None:
+        return await self._fetchone("select * from inbound where id = ?", (inbound_id,))
+
+    async def list_inbound(self, state: str | None = None, limit: int = 100) -> list[sqlite3.Row]:
+        sql = (
+            "select id, received_at, mail_from, message_id, state, reason, attempt_id, "
+            "length(raw) as size from inbound"
+        )
+        params: list[Any] = []
+        if state:
+            sql += " where state = ?"
+            params.append(state)
+        sql += " order by id desc limit ?"
+        params.append(limit)
+        return await self._fetchall(sql, params)
+
+    # -- students --------------------------------------------------------
+
+    async def upsert_students(
+        self, rows: list[tuple[str, str, str]], instructors: dict[str, list[str]]
+    ) -> tuple[int, int]:
+        """Insert or update roster rows (email, name, cohort) in one transaction.
+
+        Returns (added, updated).
+        """
+        added = updated = 0
+        now = self.clock()
+        async with self.transaction() as db:
+            for email, name, cohort in rows:
+                async with db.execute("select id from students where email = ?", (email,)) as cur:
+                    existing = await cur.fetchone()
+                if existing:
+                    await db.execute(
+                        "update students set name = ?, cohort = ? where id = ?",
+                        (name, cohort, existing["id"]),
+                    )
+                    updated += 1
+                else:
+                    await db.execute(
+                        "insert into students (email, name, cohort, created_at) "
+                        "values (?, ?, ?, ?)",
+                        (email, name, cohort, now),
+                    )
+                    added += 1
+            for cohort, addresses in instructors.items():
+                for address in addresses:
+                    await db.execute(
+                        "insert or ignore into cohort_instructors (cohort, email) values (?, ?)",
+                        (cohort, address),
+                    )
+        return added, updated
+
+    async def list_students(self) -> list[Student]:
+        rows = await self._fetchall("select id, email, name, cohort from students order by cohort, email")
+        return [Student(**dict(row)) for row in rows]
+
+    async def student_by_email(self, email: str) -> Student | None:
+        row = await self._fetchone(
+            "select id, email, name, cohort from students where email = ?", (email.lower(),)
+        )
+        return Student(**dict(row)) if row else None
+
+    async def student_by_id(self, student_id: int) -> Student | None:
+        row = await self._fetchone(
+            "select id, email, name, cohort from students where id = ?", (student_id,)
+        )
+        return Student(**dict(row)) if row else None
+
+    async def cohort_instructors(self, cohort: str) -> list[str]:
+        rows = await self._fetchall(
+            "select email from cohort_instructors where cohort = ? order by email", (cohort,)
+        )
+        return [row["email"] for row in rows]
+
+    # -- attempts --------------------------------------------------------
+
+    async def attempt(self, attempt_id: int) -> Attempt | None:
+        row = await self._fetchone("select * from attempts where id = ?", (attempt_id,))
+        return Attempt(**dict(row)) if row else None
+
+    async def list_attempts(
+        self, student_id: int | None = None, limit: int = 200
+    ) -> list[sqlite3.Row]:
+        sql = (
+            "select a.id, a.scenario_id, a.state, a.score, a.created_at, a.graded_at, "
+            "s.email, s.name, s.cohort, j.tries, j.last_error from attempts a "
+            "join students s on s.id = a.student_id left join jobs j on j.attempt_id = a.id"
+        )
+        params: list[Any] = []
+        if student_id is not None:
+            sql += " where a.student_id = ?"
+            params.append(student_id)
+        sql += " order by a.id desc limit ?"
+        params.append(limit)
+        return await self._fetchall(sql, params)
+
+    # -- jobs ------------------------------------------------------------
+
+    async def claim_job(self, owner: str, lease_s: float) -> Job | None:
+        """Lease the next runnable job to ``owner`` and count one try.
+
+        A job is runnable when it is queued and due, or when its lease has
+        expired (its worker died or hung).
+        """
+        now = self.clock()
+        async with self.transaction() as db:
+            async with db.execute(
+                "update jobs set state = 'grading', lease_owner = ?, "
+                "lease_expires_at = ?, tries = tries + 1, updated_at = ? "
+                "where id = (select id from jobs where "
+                "(state = 'queued' and not_before <= ?) or "
+                "(state = 'grading' and lease_expires_at <= ?) "
+                "order by not_before, id limit 1) "
+                "returning id, attempt_id, state, tries, max_tries, lease_owner, "
+                "lease_expires_at, last_error",
+                (owner, now + lease_s, now, now, now),
+            ) as cursor:
+                row = await cursor.fetchone()
+        return Job(**dict(row)) if row else None
+
+    async def release_job(
+        self, job: Job, owner: str, *, delay_s: float, error: str
+    ) -> bool:
+        """Put a leased job back in the queue to be tried after ``delay_s``."""
+        now = self.clock()
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "update jobs set state = 'queued', lease_owner = null, "
+                "lease_expires_at = null, not_before = ?, last_error = ?, updated_at = ? "
+                "where id = ? and state = 'grading' and lease_owner = ?",
+                (now + delay_s, error, now, job.id, owner),
+            )
+            return cursor.rowcount == 1
+
+    async def expired_leases(self) -> list[Job]:
+        rows = await self._fetchall(
+            "select id, attempt_id, state, tries, max_tries, lease_owner, "
+            "lease_expires_at, last_error from jobs "
+            "where state = 'grading' and lease_expires_at <= ?",
+            (self.clock(),),
+        )
+        return [Job(**dict(row)) for row in rows]
+
+    async def next_job_due_at(self) -> float | None:
+        row = await self._fetchone(
+            "select min(case when state = 'queued' then not_before "
+            "else lease_expires_at end) as due from jobs where state in ('queued', 'grading')"
+        )
+        return row["due"] if row and row["due"] is not None else None
+
+    async def list_jobs(self, state: str | None = None) -> list[Job]:
+        sql = (
+            "select id, attempt_id, state, tries, max_tries, lease_owner, "
+            "lease_expires_at, last_error from jobs"
+        )
+        params: list[Any] = []
+        if state:
+            sql += " where state = ?"
+            params.append(state)
+        rows = await self._fetchall(sql + " order by id", params)
+        return [Job(**dict(row)) for row in rows]
+
+    # -- outbox ----------------------------------------------------------
+
+    async def claim_outbox(self, lease_s: float, limit: int = 10) -> list[OutboxEmail]:
+        """Lease up to ``limit`` due emails for delivery and count one try each.
+
+        An email stays ``pending`` while leased; an expired lease makes it due
+        again, so a sender that died mid-delivery is retried.
+        """
+        now = self.clock()
+        async with self.transaction() as db:
+            async with db.execute(
+                "update outbox set lease_expires_at = ?, tries = tries + 1 "
+                "where id in (select id from outbox where state = 'pending' "
+                "and not_before <= ? and (lease_expires_at is null or lease_expires_at <= ?) "
+                "order by not_before, id limit ?) returning *",
+                (now + lease_s, now, now, limit),
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return [_outbox_from_row(row) for row in rows]
+
+    async def mark_sent(self, email_id: int, note: str | None = None) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "update outbox set state = 'sent', sent_at = ?, lease_expires_at = null, "
+                "last_error = ? where id = ?",
+                (self.clock(), note, email_id),
+            )
+
+    async def mark_retry(self, email_id: int, delay_s: float, error: str) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "update outbox set not_before = ?, lease_expires_at = null, last_error = ? "
+                "where id = ? and state = 'pending'",
+                (self.clock() + delay_s, error, email_id),
+            )
+
+    async def mark_dead(self, email_id: int, error: str) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "update outbox set state = 'dead', lease_expires_at = null, last_error = ? "
+                "where id = ?",
+                (error, email_id),
+            )
+
+    async def retry_outbox(self, email_ids: list[int] | None) -> int:
+        """Make dead emails pending again; all dead ones when ``email_ids`` is None."""
+        async with self.transaction() as db:
+            sql = (
+                "update outbox set state = 'pending', tries = 0, not_before = ?, "
+                "lease_expires_at = null where state = 'dead'"
+            )
+            params: list[Any] = [self.clock()]
+            if email_ids is not None:
+                sql += f" and id in ({','.join('?' * len(email_ids))})"
+                params.extend(email_ids)
+            cursor = await db.execute(sql, params)
+            return cursor.rowcount
+
+    async def list_outbox(self, state: str | None = None, limit: int = 100) -> list[OutboxEmail]:
+        sql = "select * from outbox"
+        params: list[Any] = []
+        if state:
+            sql += " where state = ?"
+            params.append(state)
+        sql += " order by id desc limit ?"
+        params.append(limit)
+        return [_outbox_from_row(row) for row in await self._fetchall(sql, params)]
+
+    async def outbox_for_attempt(self, attempt_id: int) -> list[OutboxEmail]:
+        rows = await self._fetchall(
+            "select * from outbox where attempt_id = ? order by id", (attempt_id,)
+        )
+        return [_outbox_from_row(row) for row in rows]
+
+    async def next_outbox_due_at(self) -> float | None:
+        row = await self._fetchone(
+            "select min(max(not_before, coalesce(lease_expires_at, 0))) as due "
+            "from outbox where state = 'pending'"
+        )
+        return row["due"] if row and row["due"] is not None else None
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        result: dict[str, dict[str, int]] = {}
+        for table in ("inbound", "attempts", "jobs", "outbox"):
+            rows = await self._fetchall(
+                f"select state, count(*) as n from {table} group by state order by state"
+            )
+            result[table] = {row["state"]: row["n"] for row in rows}
+        row = await self._fetchone("select count(*) as n from students")
+        result["students"] = {"enrolled": row["n"] if row else 0}
+        return result
+
+
+# -- statements used inside a caller's transaction ---------------------------
+# The intake and the worker combine these into one transaction each, so that a
+# state change and the emails it causes commit together.
+
+
+async def insert_outbox(db: aiosqlite.Connection, email: NewEmail, now: float) -> None:
+    await db.execute(
+        "insert into outbox (message_id, attempt_id, kind, envelope_from, rcpt_tos, raw, "
+        "not_before, created_at) values (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            email.message_id,
+            email.attempt_id,
+            email.kind,
+            email.envelope_from,
+            json.dumps(list(email.rcpt_tos)),
+            email.raw,
+            now,
+            now,
+        ),
+    )
+    if email.attempt_id is not None:
+        await add_thread_id(db, email.message_id, email.attempt_id)
+
+
+async def add_thread_id(db: aiosqlite.Connection, message_id: str, attempt_id: int) -> None:
+    await db.execute(
+        "insert or ignore into thread_ids (message_id, attempt_id) values (?, ?)",
+        (message_id, attempt_id),
+    )
+
+
+async def attempt_for_message_ids(
+    db: aiosqlite.Connection, message_ids: list[str]
+) -> int | None:
+    """Return the attempt of the newest listed id we know, searching from the end.
+
+    References lists the oldest message first, so the last known id is the
+    closest ancestor.
+    """
+    for message_id in reversed(message_ids):
+        async with db.execute(
+            "select attempt_id from thread_ids where message_id = ?", (message_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row:
+            return int(row["attempt_id"])
+    return None
+
+
+async def fetch_student(db: aiosqlite.Connection, email: str) -> Student | None:
+    async with db.execute(
+        "select id, email, name, cohort from students where email = ?", (email.lower(),)
+    ) as cursor:
+        row = await cursor.fetchone()
+    return Student(**dict(row)) if row else None
+
+
+async def fetch_attempt(db: aiosqlite.Connection, attempt_id: int) -> Attempt | None:
+    async with db.execute("select * from attempts where id = ?", (attempt_id,)) as cursor:
+        row = await cursor.fetchone()
+    return Attempt(**dict(row)) if row else None
+
+
+async def attempt_by_token(db: aiosqlite.Connection, token: str) -> Attempt | None:
+    async with db.execute("select * from attempts where token = ?", (token,)) as cursor:
+        row = await cursor.fetchone()
+    return Attempt(**dict(row)) if row else None
+
+
+async def open_attempts(db: aiosqlite.Connection, student_id: int) -> list[Attempt]:
+    async with db.execute(
+        "select * from attempts where student_id = ? and state = 'open' order by id",
+        (student_id,),
+    ) as cursor:
+        rows = await cursor.fetchall()
+    return [Attempt(**dict(row)) for row in rows]
+
+
+async def student_attempts(db: aiosqlite.Connection, student_id: int) -> list[Attempt]:
+    async with db.execute(
+        "select * from attempts where student_id = ? order by id", (student_id,)
+    ) as cursor:
+        rows = await cursor.fetchall()
+    return [Attempt(**dict(row)) for row in rows]
+
+
+async def create_attempt(
+    db: aiosqlite.Connection, student_id: int, scenario_id: str, token: str, now: float
+) -> int:
+    cursor = await db.execute(
+        "insert into attempts (student_id, scenario_id, token, created_at) values (?, ?, ?, ?)",
+        (student_id, scenario_id, token, now),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+async def submit_attempt(
+    db: aiosqlite.Connection,
+    attempt_id: int,
+    *,
+    inbound_id: int,
+    subject: str,
+    body: str,
+    attachments: str,
+    max_tries: int,
+    now: float,
+) -> None:
+    """Record the submission and queue its grading job."""
+    await db.execute(
+        "update attempts set state = 'submitted', inbound_id = ?, subject = ?, body = ?, "
+        "attachments = ?, submitted_at = ? where id = ? and state = 'open'",
+        (inbound_id, subject, body, attachments, now, attempt_id),
+    )
+    await db.execute(
+        "insert into jobs (attempt_id, max_tries, not_before, created_at, updated_at) "
+        "values (?, ?, ?, ?, ?)",
+        (attempt_id, max_tries, now, now, now),
+    )
+
+
+async def finish_inbound(
+    db: aiosqlite.Connection,
+    inbound_id: int,
+    *,
+    state: str,
+    reason: str | None,
+    now: float,
+    student_id: int | None = None,
+    attempt_id: int | None = None,
+) -> bool:
+    """Move a received message to its final state; False if another process did."""
+    cursor = await db.execute(
+        "update inbound set state = ?, reason = ?, student_id = ?, attempt_id = ?, "
+        "processed_at = ? where id = ? and state = 'received'",
+        (state, reason, student_id, attempt_id, now, inbound_id),
+    )
+    return cursor.rowcount == 1
+
+
+async def take_notice_slot(db: aiosqlite.Connection, sender: str, day: str) -> bool:
+    """Return True the first time ``sender`` is due a notice on ``day``."""
+    cursor = await db.execute(
+        "insert or ignore into notices (sender, day) values (?, ?)", (sender, day)
+    )
+    return cursor.rowcount == 1
+
+
+async def complete_job(
+    db: aiosqlite.Connection, job_id: int, owner: str, now: float
+) -> bool:
+    """Mark a leased job done; False when the lease was lost to another worker."""
+    cursor = await db.execute(
+        "update jobs set state = 'done', lease_owner = null, lease_expires_at = null, "
+        "updated_at = ? where id = ? and state = 'grading' and lease_owner = ?",
+        (now, job_id, owner),
+    )
+    return cursor.rowcount == 1
+
+
+async def fail_job(
+    db: aiosqlite.Connection, job_id: int, owner: str, error: str, now: float
+) -> bool:
+    cursor = await db.execute(
+        "update jobs set state = 'failed', lease_owner = null, lease_expires_at = null, "
+        "last_error = ?, updated_at = ? where id = ? and state = 'grading' and lease_owner = ?",
+        (error, now, job_id, owner),
+    )
+    return cursor.rowcount == 1
+
+
+async def set_attempt_graded(
+    db: aiosqlite.Connection, attempt_id: int, score: int, verdict_json: str, now: float
+) -> None:
+    await db.execute(
+        "update attempts set state = 'graded', score = ?, verdict = ?, graded_at = ? "
+        "where id = ?",
+        (score, verdict_json, now, attempt_id),
+    )
+
+
+async def set_attempt_state(db: aiosqlite.Connection, attempt_id: int, state: str) -> None:
+    await db.execute("update attempts set state = ? where id = ?", (state, attempt_id))
+
+
+def _outbox_from_row(row: sqlite3.Row) -> OutboxEmail:
+    data = dict(row)
+    data.pop("lease_expires_at", None)
+    data["rcpt_tos"] = tuple(json.loads(data["rcpt_tos"]))
+    return OutboxEmail(**data)

@@ -1,0 +1,266 @@
+"""The grading worker: claim a job, grade it, store the grade with its emails.
+
+The grade, the job's end and the feedback and summary emails commit in one
+transaction, and only while this worker still holds the job's lease. A worker
+whose lease expired and was taken over discards its result, so each attempt is
+graded and answered once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+
+from . import store as sql
+from .compose import Composer, Mailbox, reply_subject
+from .config import Config
+from .errors import GradingError
+from .message import parse_message_ids
+from .models import AttachmentInfo, Grader, Scenario, Submission, Verdict
+from .store import Attempt, Job, Store, Student
+
+logger = logging.getLogger(__name__)
+
+
+def backoff_delay_s(
+    tries: int, base_s: float, max_s: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Return the wait before try ``tries + 1``: doubling from ``base_s``, capped.
+
+    The result is scaled by a random factor in [0.5, 1.0) so that many jobs
+    failing together do not all come back at the same moment.
+    """
+    delay = min(max_s, base_s * 2 ** max(0, tries - 1))
+    return delay * (0.5 + rand() / 2)
+
+
+def worker_name(index: int) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{index}"
+
+
+class GradingWorker:
+    """Claims and runs grading jobs; several may run in one process."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        composer: Composer,
+        grader: Grader,
+        scenarios: list[Scenario],
+        config: Config,
+        name: str,
+        on_email: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.composer = composer
+        self.grader = grader
+        self.scenarios = {scenario.id: scenario for scenario in scenarios}
+        self.config = config
+        self.name = name
+        self.on_email = on_email
+
+    async def run_once(self) -> bool:
+        """Claim and finish one job; False when none was runnable."""
+        job = await self.store.claim_job(self.name, self.config.queue.lease_s)
+        if job is None:
+            return False
+        started = time.monotonic()
+        outcome = await self._run(job)
+        logger.info(
+            "job %d attempt %d try %d/%d %s in %.2fs",
+            job.id,
+            job.attempt_id,
+            job.tries,
+            job.max_tries,
+            outcome,
+            time.monotonic() - started,
+        )
+        return True
+
+    async def drain(self) -> int:
+        """Run jobs until none is runnable; returns how many were claimed."""
+        count = 0
+        while await self.run_once():
+            count += 1
+        return count
+
+    async def run(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if await self.run_once():
+                continue
+            wake.clear()
+            await _wait_any(wake, stop, self.config.queue.poll_interval_s)
+
+    async def _run(self, job: Job) -> str:
+        if job.tries > job.max_tries:
+            return await self._give_up(job, "no tries left")
+        attempt = await self.store.attempt(job.attempt_id)
+        student = await self.store.student_by_id(attempt.student_id) if attempt else None
+        scenario = self.scenarios.get(attempt.scenario_id) if attempt else None
+        if attempt is None or student is None or scenario is None:
+            missing = "attempt" if attempt is None else "student" if student is None else "scenario"
+            return await self._give_up(job, f"{missing} not found")
+
+        submission = Submission(
+            subject=attempt.subject or "",
+            text=attempt.body or "",
+            student_name=student.name,
+            attachments=tuple(
+                AttachmentInfo(**item) for item in json.loads(attempt.attachments or "[]")
+            ),
+        )
+        try:
+            verdict = await self.grader.grade(scenario, submission)
+        except GradingError as exc:
+            return await self._retry_or_give_up(job, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a grader bug must not kill the worker
+            logger.exception("job %d: grader raised an unexpected error", job.id)
+            return await self._retry_or_give_up(job, f"unexpected {type(exc).__name__}: {exc}")
+        return await self._finish(job, attempt, student, scenario, verdict)
+
+    async def _retry_or_give_up(self, job: Job, error: str) -> str:
+        if job.tries >= job.max_tries:
+            return await self._give_up(job, error)
+        delay = backoff_delay_s(
+            job.tries, self.config.queue.backoff_base_s, self.config.queue.backoff_max_s
+        )
+        released = await self.store.release_job(job, self.name, delay_s=delay, error=error)
+        if not released:
+            return "lease lost before retry"
+        return f"failed ({error}); retry in {delay:.0f}s"
+
+    async def _finish(
+        self, job: Job, attempt: Attempt, student: Student, scenario: Scenario, verdict: Verdict
+    ) -> str:
+        inbound = await self.store.inbound_row(attempt.inbound_id) if attempt.inbound_id else None
+        thread = _thread_of(inbound["raw"] if inbound else b"")
+        instructors = await self.store.cohort_instructors(student.cohort)
+        instructors = sorted({*instructors, *self.config.cohorts.get(student.cohort, ())})
+        emails = self._feedback_emails(attempt, student, scenario, verdict, thread, instructors)
+
+        now = self.store.clock()
+        async with self.store.transaction() as db:
+            if not await sql.complete_job(db, job.id, self.name, now):
+                logger.warning("job %d: lease lost to another worker, result discarded", job.id)
+                return "lease lost, result discarded"
+            await sql.set_attempt_graded(db, attempt.id, verdict.total, verdict.to_json(), now)
+            for item in emails:
+                await sql.insert_outbox(db, item, now)
+        self.on_email()
+        return f"graded {verdict.total}"
+
+    def _feedback_emails(
+        self,
+        attempt: Attempt,
+        student: Student,
+        scenario: Scenario,
+        verdict: Verdict,
+        thread: tuple[str | None, tuple[str, ...]],
+        instructors: list[str],
+    ) -> list[sql.NewEmail]:
+        message_id, references = thread
+        context = self.composer.feedback_context(verdict, scenario)
+        student_name = student.name.split()[0] if student.name.split() else ""
+        delivery = self.config.instructors.delivery
+        instructor_boxes = [Mailbox("", address) for address in instructors]
+        feedback = self.composer.build(
+            kind="feedback",
+            sender=self.composer.service,
+            to=[Mailbox(student.name, student.email)],
+            cc=instructor_boxes if delivery == "cc" else None,
+            subject=reply_subject(attempt.subject or scenario.title),
+            text=self.composer.render("feedback.txt.j2", student_name=student_name, **context),
+            html=self.composer.render("feedback.html.j2", student_name=student_name, **context),
+            reply_to=self.composer.reply_address(attempt.token),
+            in_reply_to=message_id,
+            references=references,
+            attempt_id=attempt.id,
+        )
+        emails = [feedback]
+        if delivery == "separate" and instructor_boxes:
+            summary_context = {
+                **context,
+                "student": student,
+                "attempt_id": attempt.id,
+                "subject": attempt.subject or "",
+                "body": attempt.body or "",
+            }
+            emails.append(
+                self.composer.build(
+                    kind="summary",
+                    sender=self.composer.service,
+                    to=instructor_boxes,
+                    subject=f"[peb-mail] {student.name}: {scenario.title}: "
+                    f"{verdict.total}/{context['max_total']}",
+                    text=self.composer.render("summary.txt.j2", **summary_context),
+                    html=self.composer.render("summary.html.j2", **summary_context),
+                    attempt_id=attempt.id,
+                    auto_submitted="auto-generated",
+                )
+            )
+        return emails
+
+    async def _give_up(self, job: Job, error: str) -> str:
+        """Mark the job failed and tell the student that grading is delayed."""
+        logger.warning("job %d attempt %d failed after %d tries: %s", job.id, job.attempt_id, job.tries, error)
+        attempt = await self.store.attempt(job.attempt_id)
+        student = await self.store.student_by_id(attempt.student_id) if attempt else None
+        notice = None
+        if attempt is not None and student is not None:
+            inbound = await self.store.inbound_row(attempt.inbound_id) if attempt.inbound_id else None
+            message_id, references = _thread_of(inbound["raw"] if inbound else b"")
+            notice = self.composer.build(
+                kind="notice",
+                sender=self.composer.service,
+                to=[Mailbox(student.name, student.email)],
+                subject=reply_subject(attempt.subject or "your email"),
+                text=self.composer.render(
+                    "notice.txt.j2",
+                    student_name=student.name.split()[0] if student.name.split() else "",
+                    text="We received your email, but grading it is delayed. Your teacher "
+                    "will check it. You do not need to send it again.",
+                ),
+                reply_to=self.composer.reply_address(attempt.token),
+                in_reply_to=message_id,
+                references=references,
+                attempt_id=attempt.id,
+            )
+        now = self.store.clock()
+        async with self.store.transaction() as db:
+            if not await sql.fail_job(db, job.id, self.name, error, now):
+                return "lease lost before giving up"
+            await sql.set_attempt_state(db, job.attempt_id, "failed")
+            if notice is not None:
+                await sql.insert_outbox(db, notice, now)
+        self.on_email()
+        return f"gave up: {error}"
+
+
+def _thread_of(raw: bytes) -> tuple[str | None, tuple[str, ...]]:
+    """Return the Message-ID and References of the student's message, for threading."""
+    if not raw:
+        return None, ()
+    headers = email.message_from_bytes(raw, policy=email.policy.compat32)
+    ids = parse_message_ids(str(headers.get("Message-ID", "")))
+    references = parse_message_ids(str(headers.get("References", "")))
+    if not references:
+        references = parse_message_ids(str(headers.get("In-Reply-To", "")))
+    return (ids[0] if ids else None), references
+
+
+async def _wait_any(wake: asyncio.Event, stop: asyncio.Event, timeout_s: float) -> None:
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
