@@ -28,6 +28,11 @@ _IGNORED_PARAMETERS = ("AUTH", "RET", "ENVID", "NOTIFY", "ORCPT")
 class PebSMTP(SMTP):
     """aiosmtpd's SMTP with the extra MAIL and RCPT parameters accepted."""
 
+    # RFC 5321 limits a line to 1000 octets, but some clients send longer
+    # lines (HTML bodies without breaks). Rejecting them would lose a student's
+    # email, so allow 64 KiB per line, which still bounds memory per line.
+    line_length_limit = 65536
+
     def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
         result = super()._getparams(params)
         if result is not None:
