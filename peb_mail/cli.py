@@ -36,7 +36,9 @@ def _time(value: float | None) -> str:
     return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _print_rows(args: argparse.Namespace, title: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+def _print_rows(
+    args: argparse.Namespace, title: str, columns: list[str], rows: list[dict[str, Any]]
+) -> None:
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
         return
@@ -44,7 +46,12 @@ def _print_rows(args: argparse.Namespace, title: str, columns: list[str], rows: 
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if row.get(column) is None else str(row.get(column)) for column in columns))
+        table.add_row(
+            *(
+                "" if row.get(column) is None else str(row.get(column))
+                for column in columns
+            )
+        )
     console.print(table)
 
 
@@ -58,7 +65,9 @@ def read_roster(path: Path) -> tuple[list[tuple[str, str, str]], dict[str, list[
     except FileNotFoundError:
         raise ConfigError(f"roster file {str(path)!r} not found") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not valid UTF-8 ({exc}); save the file as UTF-8 CSV") from exc
+        raise ConfigError(
+            f"{path}: not valid UTF-8 ({exc}); save the file as UTF-8 CSV"
+        ) from exc
     reader = csv.DictReader(text.splitlines())
     header = [name.strip().lower() for name in (reader.fieldnames or [])]
     missing = {"email", "name", "cohort"} - set(header)
@@ -72,25 +81,38 @@ def read_roster(path: Path) -> tuple[list[tuple[str, str, str]], dict[str, list[
     errors: list[str] = []
     seen: set[str] = set()
     for line_number, raw in enumerate(reader, start=2):
-        row = {(key or "").strip().lower(): (value or "").strip() for key, value in raw.items()}
+        row = {
+            (key or "").strip().lower(): (value or "").strip()
+            for key, value in raw.items()
+        }
         email = row.get("email", "").lower()
         name = " ".join(row.get("name", "").split())
         cohort = row.get("cohort", "")
         if not any(row.values()):
             continue
         if not _EMAIL_RE.match(email):
-            errors.append(f"line {line_number}: invalid email {email!r}; use name@example.com")
+            errors.append(
+                f"line {line_number}: invalid email {email!r}; use name@example.com"
+            )
         elif email in seen:
-            errors.append(f"line {line_number}: {email} appears twice; keep one row per student")
+            errors.append(
+                f"line {line_number}: {email} appears twice; keep one row per student"
+            )
         if not name or _CONTROL_RE.search(row.get("name", "").replace("\t", " ")):
-            errors.append(f"line {line_number}: invalid name {row.get('name', '')!r}; give the student's name")
+            errors.append(
+                f"line {line_number}: invalid name {row.get('name', '')!r}; give the student's name"
+            )
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", cohort):
             errors.append(
                 f"line {line_number}: invalid cohort {cohort!r}; use letters, digits, '-', '_' or '.'"
             )
-        for address in filter(None, re.split(r"[;\s]+", row.get("instructors", "").lower())):
+        for address in filter(
+            None, re.split(r"[;\s]+", row.get("instructors", "").lower())
+        ):
             if not _EMAIL_RE.match(address):
-                errors.append(f"line {line_number}: invalid instructor email {address!r}")
+                errors.append(
+                    f"line {line_number}: invalid instructor email {address!r}"
+                )
             else:
                 instructors.setdefault(cohort, [])
                 if address not in instructors[cohort]:
@@ -98,7 +120,10 @@ def read_roster(path: Path) -> tuple[list[tuple[str, str, str]], dict[str, list[
         seen.add(email)
         rows.append((email, name, cohort))
     if errors:
-        raise ConfigError(f"{path}: {len(errors)} invalid rows, nothing imported:\n  " + "\n  ".join(errors))
+        raise ConfigError(
+            f"{path}: {len(errors)} invalid rows, nothing imported:\n  "
+            + "\n  ".join(errors)
+        )
     if not rows:
         raise ConfigError(f"{path}: no students found below the header line")
     return rows, instructors
@@ -149,7 +174,9 @@ async def cmd_roster_list(args: argparse.Namespace, config: Config) -> int:
     try:
         students = await store.list_students()
         cohorts = sorted({student.cohort for student in students})
-        instructors = {cohort: await store.cohort_instructors(cohort) for cohort in cohorts}
+        instructors = {
+            cohort: await store.cohort_instructors(cohort) for cohort in cohorts
+        }
     finally:
         await store.close()
     rows = [
@@ -158,11 +185,15 @@ async def cmd_roster_list(args: argparse.Namespace, config: Config) -> int:
             "email": s.email,
             "name": s.name,
             "cohort": s.cohort,
-            "instructors": ", ".join(sorted({*instructors[s.cohort], *config.cohorts.get(s.cohort, ())})),
+            "instructors": ", ".join(
+                sorted({*instructors[s.cohort], *config.cohorts.get(s.cohort, ())})
+            ),
         }
         for s in students
     ]
-    _print_rows(args, "Students", ["id", "email", "name", "cohort", "instructors"], rows)
+    _print_rows(
+        args, "Students", ["id", "email", "name", "cohort", "instructors"], rows
+    )
     return 0
 
 
@@ -180,7 +211,9 @@ async def cmd_scenarios_list(args: argparse.Namespace, config: Config) -> int:
         }
         for s in scenarios
     ]
-    _print_rows(args, "Scenarios", ["number", "id", "type", "title", "counterpart"], rows)
+    _print_rows(
+        args, "Scenarios", ["number", "id", "type", "title", "counterpart"], rows
+    )
     return 0
 
 
@@ -191,7 +224,9 @@ async def cmd_attempts_list(args: argparse.Namespace, config: Config) -> int:
         if args.student:
             student = await store.student_by_email(args.student)
             if student is None:
-                raise NotFoundError(f"no student with email {args.student!r}; see peb-mail roster list")
+                raise NotFoundError(
+                    f"no student with email {args.student!r}; see peb-mail roster list"
+                )
             student_id = student.id
         rows = [dict(row) for row in await store.list_attempts(student_id)]
     finally:
@@ -202,7 +237,17 @@ async def cmd_attempts_list(args: argparse.Namespace, config: Config) -> int:
     _print_rows(
         args,
         "Attempts",
-        ["id", "email", "scenario_id", "state", "score", "tries", "created", "graded", "last_error"],
+        [
+            "id",
+            "email",
+            "scenario_id",
+            "state",
+            "score",
+            "tries",
+            "created",
+            "graded",
+            "last_error",
+        ],
         rows,
     )
     return 0
@@ -213,7 +258,9 @@ async def cmd_attempts_show(args: argparse.Namespace, config: Config) -> int:
     try:
         attempt = await store.attempt(args.id)
         if attempt is None:
-            raise NotFoundError(f"no attempt with id {args.id}; see peb-mail attempts list")
+            raise NotFoundError(
+                f"no attempt with id {args.id}; see peb-mail attempts list"
+            )
         student = await store.student_by_id(attempt.student_id)
         emails = await store.outbox_for_attempt(attempt.id)
     finally:
@@ -233,15 +280,33 @@ async def cmd_attempts_show(args: argparse.Namespace, config: Config) -> int:
         "attachments": json.loads(attempt.attachments or "[]"),
         "verdict": json.loads(attempt.verdict) if attempt.verdict else None,
         "emails": [
-            {"id": e.id, "kind": e.kind, "state": e.state, "message_id": e.message_id, "to": list(e.rcpt_tos)}
+            {
+                "id": e.id,
+                "kind": e.kind,
+                "state": e.state,
+                "message_id": e.message_id,
+                "to": list(e.rcpt_tos),
+            }
             for e in emails
         ],
     }
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
-    for key in ("id", "student", "scenario", "state", "score", "created", "submitted", "graded", "subject"):
-        console.print(f"[bold]{key}:[/bold] {data[key] if data[key] is not None else ''}")
+    for key in (
+        "id",
+        "student",
+        "scenario",
+        "state",
+        "score",
+        "created",
+        "submitted",
+        "graded",
+        "subject",
+    ):
+        console.print(
+            f"[bold]{key}:[/bold] {data[key] if data[key] is not None else ''}"
+        )
     if attempt.body:
         console.print("[bold]text:[/bold]")
         console.print(attempt.body, markup=False, highlight=False)
@@ -251,9 +316,15 @@ async def cmd_attempts_show(args: argparse.Namespace, config: Config) -> int:
         table.add_column("score")
         table.add_column("justification")
         for item in verdict.scores:
-            table.add_row(CRITERION_LABELS.get(item.criterion, item.criterion), str(item.score), item.justification)
+            table.add_row(
+                CRITERION_LABELS.get(item.criterion, item.criterion),
+                str(item.score),
+                item.justification,
+            )
         console.print(table)
-    _print_rows(args, "Emails", ["id", "kind", "state", "message_id", "to"], data["emails"])
+    _print_rows(
+        args, "Emails", ["id", "kind", "state", "message_id", "to"], data["emails"]
+    )
     return 0
 
 
@@ -277,13 +348,30 @@ async def cmd_outbox_list(args: argparse.Namespace, config: Config) -> int:
         }
         for e in emails
     ]
-    _print_rows(args, "Outbox", ["id", "kind", "state", "to", "tries", "attempt", "created", "sent", "last_error"], rows)
+    _print_rows(
+        args,
+        "Outbox",
+        [
+            "id",
+            "kind",
+            "state",
+            "to",
+            "tries",
+            "attempt",
+            "created",
+            "sent",
+            "last_error",
+        ],
+        rows,
+    )
     return 0
 
 
 async def cmd_outbox_retry(args: argparse.Namespace, config: Config) -> int:
     if not args.ids and not args.all:
-        raise ConfigError("name the outbox ids to retry, or pass --all for every dead email")
+        raise ConfigError(
+            "name the outbox ids to retry, or pass --all for every dead email"
+        )
     store = await _open_store(config)
     try:
         count = await store.retry_outbox(None if args.all else args.ids)
@@ -301,7 +389,12 @@ async def cmd_inbound_list(args: argparse.Namespace, config: Config) -> int:
         await store.close()
     for row in rows:
         row["received"] = _time(row.pop("received_at"))
-    _print_rows(args, "Inbound", ["id", "received", "mail_from", "state", "reason", "attempt_id", "size"], rows)
+    _print_rows(
+        args,
+        "Inbound",
+        ["id", "received", "mail_from", "state", "reason", "attempt_id", "size"],
+        rows,
+    )
     return 0
 
 
@@ -329,50 +422,127 @@ async def cmd_stats(args: argparse.Namespace, config: Config) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peb-mail", description="Practise professional email by email.")
-    parser.add_argument("--version", action="version", version=f"peb-mail {__version__}")
+    parser = argparse.ArgumentParser(
+        prog="peb-mail", description="Practise professional email by email."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"peb-mail {__version__}"
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", metavar="PATH", help="config file (default: $PEB_MAIL_CONFIG or ./config.toml)"
+        "--config",
+        metavar="PATH",
+        help="config file (default: $PEB_MAIL_CONFIG or ./config.toml)",
     )
-    common.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="log at DEBUG level"
+    )
     listing = argparse.ArgumentParser(add_help=False)
-    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.add_argument(
+        "--json", action="store_true", help="print JSON instead of a table"
+    )
 
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Callable[..., Awaitable[int]], help_text: str, *parents: argparse.ArgumentParser, sub: Any = commands) -> argparse.ArgumentParser:
-        command = sub.add_parser(name, help=help_text, description=help_text, parents=[common, *parents])
+    def add(
+        name: str,
+        handler: Callable[..., Awaitable[int]],
+        help_text: str,
+        *parents: argparse.ArgumentParser,
+        sub: Any = commands,
+    ) -> argparse.ArgumentParser:
+        command = sub.add_parser(
+            name, help=help_text, description=help_text, parents=[common, *parents]
+        )
         command.set_defaults(handler=handler)
         return command
 
     add("init", cmd_init, "create the database and check the scenarios")
-    add("serve", cmd_serve, "run the listener, workers and sender until SIGINT or SIGTERM")
+    add(
+        "serve",
+        cmd_serve,
+        "run the listener, workers and sender until SIGINT or SIGTERM",
+    )
 
-    roster = commands.add_parser("roster", help="import or list students").add_subparsers(dest="action", required=True, metavar="ACTION")
-    add("import", cmd_roster_import, "import students from a CSV file (columns email,name,cohort[,instructors])", sub=roster).add_argument("file", help="path of the CSV file")
+    roster = commands.add_parser(
+        "roster", help="import or list students"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    add(
+        "import",
+        cmd_roster_import,
+        "import students from a CSV file (columns email,name,cohort[,instructors])",
+        sub=roster,
+    ).add_argument("file", help="path of the CSV file")
     add("list", cmd_roster_list, "list enrolled students", listing, sub=roster)
 
-    scenarios = commands.add_parser("scenarios", help="list practice scenarios").add_subparsers(dest="action", required=True, metavar="ACTION")
-    add("list", cmd_scenarios_list, "list the scenario catalogue", listing, sub=scenarios)
+    scenarios = commands.add_parser(
+        "scenarios", help="list practice scenarios"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    add(
+        "list",
+        cmd_scenarios_list,
+        "list the scenario catalogue",
+        listing,
+        sub=scenarios,
+    )
 
-    attempts = commands.add_parser("attempts", help="list or show attempts").add_subparsers(dest="action", required=True, metavar="ACTION")
-    attempts_list = add("list", cmd_attempts_list, "list attempts, newest first", listing, sub=attempts)
-    attempts_list.add_argument("--student", metavar="EMAIL", help="only this student's attempts")
-    add("show", cmd_attempts_show, "show one attempt with its text, verdict and emails", listing, sub=attempts).add_argument("id", type=int, help="attempt id")
+    attempts = commands.add_parser(
+        "attempts", help="list or show attempts"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    attempts_list = add(
+        "list", cmd_attempts_list, "list attempts, newest first", listing, sub=attempts
+    )
+    attempts_list.add_argument(
+        "--student", metavar="EMAIL", help="only this student's attempts"
+    )
+    add(
+        "show",
+        cmd_attempts_show,
+        "show one attempt with its text, verdict and emails",
+        listing,
+        sub=attempts,
+    ).add_argument("id", type=int, help="attempt id")
 
-    outbox = commands.add_parser("outbox", help="list or retry outbound emails").add_subparsers(dest="action", required=True, metavar="ACTION")
-    outbox_list = add("list", cmd_outbox_list, "list outbound emails, newest first", listing, sub=outbox)
-    outbox_list.add_argument("--state", choices=["pending", "sent", "dead"], help="only emails in this state")
-    outbox_list.add_argument("--limit", type=int, default=100, help="rows to show (default 100)")
-    retry = add("retry", cmd_outbox_retry, "queue dead emails for delivery again", sub=outbox)
+    outbox = commands.add_parser(
+        "outbox", help="list or retry outbound emails"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    outbox_list = add(
+        "list",
+        cmd_outbox_list,
+        "list outbound emails, newest first",
+        listing,
+        sub=outbox,
+    )
+    outbox_list.add_argument(
+        "--state", choices=["pending", "sent", "dead"], help="only emails in this state"
+    )
+    outbox_list.add_argument(
+        "--limit", type=int, default=100, help="rows to show (default 100)"
+    )
+    retry = add(
+        "retry", cmd_outbox_retry, "queue dead emails for delivery again", sub=outbox
+    )
     retry.add_argument("ids", nargs="*", type=int, help="outbox ids")
     retry.add_argument("--all", action="store_true", help="retry every dead email")
 
-    inbound = commands.add_parser("inbound", help="list received messages").add_subparsers(dest="action", required=True, metavar="ACTION")
-    inbound_list = add("list", cmd_inbound_list, "list received messages, newest first", listing, sub=inbound)
-    inbound_list.add_argument("--state", choices=["received", "processed", "ignored", "rejected", "quarantined"], help="only messages in this state")
-    inbound_list.add_argument("--limit", type=int, default=100, help="rows to show (default 100)")
+    inbound = commands.add_parser(
+        "inbound", help="list received messages"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    inbound_list = add(
+        "list",
+        cmd_inbound_list,
+        "list received messages, newest first",
+        listing,
+        sub=inbound,
+    )
+    inbound_list.add_argument(
+        "--state",
+        choices=["received", "processed", "ignored", "rejected", "quarantined"],
+        help="only messages in this state",
+    )
+    inbound_list.add_argument(
+        "--limit", type=int, default=100, help="rows to show (default 100)"
+    )
 
     add("stats", cmd_stats, "count records by state", listing)
     return parser

@@ -8,7 +8,6 @@ templates autoescape everything they insert.
 from __future__ import annotations
 
 import email.utils
-import mimetypes
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -20,7 +19,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from .config import Config
-from .models import CRITERIA, MAX_TOTAL, Scenario, Verdict
+from .models import CRITERIA, MAX_TOTAL, Artefact, Scenario, Verdict
 from .store import NewEmail
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -43,7 +42,9 @@ class Mailbox:
 
 def _paragraphs(text: str) -> Markup:
     """Escape plain text and turn blank-line separated blocks into <p> elements."""
-    blocks = [block.strip("\n") for block in str(text).replace("\r\n", "\n").split("\n\n")]
+    blocks = [
+        block.strip("\n") for block in str(text).replace("\r\n", "\n").split("\n\n")
+    ]
     html = "".join(
         f"<p>{Markup('<br>').join(escape(line) for line in block.split(chr(10)))}</p>"
         for block in blocks
@@ -78,7 +79,9 @@ class Composer:
 
     @property
     def service(self) -> Mailbox:
-        return Mailbox(self.config.service.display_name, self.config.service.service_address)
+        return Mailbox(
+            self.config.service.display_name, self.config.service.service_address
+        )
 
     @property
     def envelope_from(self) -> str:
@@ -112,7 +115,7 @@ class Composer:
         cc: list[Mailbox] | None = None,
         in_reply_to: str | None = None,
         references: tuple[str, ...] = (),
-        attachments: tuple[Path, ...] = (),
+        attachments: tuple[Artefact, ...] = (),
         attempt_id: int | None = None,
         auto_submitted: str = "auto-replied",
     ) -> NewEmail:
@@ -130,18 +133,23 @@ class Composer:
         message["Subject"] = " ".join(subject.split())
         if in_reply_to:
             message["In-Reply-To"] = f"<{in_reply_to}>"
-            message["References"] = " ".join(f"<{item}>" for item in (*references, in_reply_to))
+            message["References"] = " ".join(
+                f"<{item}>" for item in (*references, in_reply_to)
+            )
         # RFC 3834: tells other robots not to answer us.
         message["Auto-Submitted"] = auto_submitted
         message["X-Auto-Response-Suppress"] = "All"
         message.set_content(text, cte="quoted-printable")
         if html is not None:
             message.add_alternative(html, subtype="html", cte="quoted-printable")
-        for path in attachments:
-            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            maintype, _, subtype = content_type.partition("/")
+        for artefact in attachments:
+            assert artefact.path is not None
+            maintype, _, subtype = artefact.content_type.partition("/")
             message.add_attachment(
-                path.read_bytes(), maintype=maintype, subtype=subtype, filename=path.name
+                artefact.path.read_bytes(),
+                maintype=maintype,
+                subtype=subtype or "octet-stream",
+                filename=artefact.path.name,
             )
         recipients = tuple(box.address for box in [*to, *(cc or [])])
         return NewEmail(

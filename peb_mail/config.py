@@ -17,7 +17,9 @@ from typing import Any
 from .errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "config.toml"
-_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_DOMAIN_RE = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+)
 _LOCAL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -160,14 +162,14 @@ def config_from_dict(
         name: _build_section(where, name, cls, data.get(name, {}), base_dir)
         for name, cls in _SECTIONS.items()
     }
-    config = Config(path=path, cohorts=_read_cohorts(where, data.get("cohorts", {})), **sections)
+    config = Config(
+        path=path, cohorts=_read_cohorts(where, data.get("cohorts", {})), **sections
+    )
     _validate(where, config)
     return config
 
 
-def _build_section(
-    where: str, name: str, cls: type, raw: Any, base_dir: Path
-) -> Any:
+def _build_section(where: str, name: str, cls: type, raw: Any, base_dir: Path) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [{name}] must be a table")
     known = {f.name: f for f in fields(cls)}
@@ -186,7 +188,9 @@ def _build_section(
 def _coerce(where: str, key: str, value: Any, default: Any, base_dir: Path) -> Any:
     if isinstance(default, Path) or (default is None and key.endswith("_file")):
         if not isinstance(value, str) or not value:
-            raise ConfigError(f"{where}: {key} must be a non-empty path string, got {value!r}")
+            raise ConfigError(
+                f"{where}: {key} must be a non-empty path string, got {value!r}"
+            )
         return (base_dir / value).resolve()
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -207,7 +211,9 @@ def _coerce(where: str, key: str, value: Any, default: Any, base_dir: Path) -> A
 
 def _read_cohorts(where: str, raw: Any) -> dict[str, tuple[str, ...]]:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: [cohorts] must be a table of [cohorts.NAME] tables")
+        raise ConfigError(
+            f"{where}: [cohorts] must be a table of [cohorts.NAME] tables"
+        )
     cohorts: dict[str, tuple[str, ...]] = {}
     for name, table in raw.items():
         instructors = table.get("instructors") if isinstance(table, dict) else None
@@ -267,10 +273,22 @@ def _validate(where: str, config: Config) -> None:
             f"listener.max_message_bytes must be at least 1024, got "
             f"{config.listener.max_message_bytes}",
         ),
-        (config.queue.workers >= 1, f"queue.workers must be at least 1, got {config.queue.workers}"),
-        (config.queue.max_tries >= 1, f"queue.max_tries must be at least 1, got {config.queue.max_tries}"),
-        (config.queue.lease_s > 0, f"queue.lease_s must be positive, got {config.queue.lease_s}"),
-        (config.outbox.max_tries >= 1, f"outbox.max_tries must be at least 1, got {config.outbox.max_tries}"),
+        (
+            config.queue.workers >= 1,
+            f"queue.workers must be at least 1, got {config.queue.workers}",
+        ),
+        (
+            config.queue.max_tries >= 1,
+            f"queue.max_tries must be at least 1, got {config.queue.max_tries}",
+        ),
+        (
+            config.queue.lease_s > 0,
+            f"queue.lease_s must be positive, got {config.queue.lease_s}",
+        ),
+        (
+            config.outbox.max_tries >= 1,
+            f"outbox.max_tries must be at least 1, got {config.outbox.max_tries}",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -25,14 +25,16 @@ from .compose import Composer, Mailbox, reply_subject
 from .config import Config
 from .errors import NotFoundError
 from .message import ParsedEmail, parse, strip_reply_prefix
-from .models import MAX_TOTAL, Scenario
+from .models import MAX_TOTAL, Artefact, Scenario
 from .scenarios import find_scenario, render_starter
 from .store import Attempt, Store, Student
 
 logger = logging.getLogger(__name__)
 
 COMMANDS = ("HELP", "LIST", "START", "STATUS")
-_COMMAND_RE = re.compile(r"^\s*(help|list|status|start)(?:\s+([a-z0-9][a-z0-9-]*))?\s*[.!]?\s*$", re.I)
+_COMMAND_RE = re.compile(
+    r"^\s*(help|list|status|start)(?:\s+([a-z0-9][a-z0-9-]*))?\s*[.!]?\s*$", re.I
+)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,11 @@ class Intake:
     """Process received messages; one instance per service process."""
 
     def __init__(
-        self, store: Store, composer: Composer, scenarios: list[Scenario], config: Config
+        self,
+        store: Store,
+        composer: Composer,
+        scenarios: list[Scenario],
+        config: Config,
     ) -> None:
         self.store = store
         self.composer = composer
@@ -116,9 +122,13 @@ class Intake:
         try:
             parsed = parse(row["raw"])
         except Exception as exc:  # any parser failure must quarantine, not crash
-            logger.warning("inbound %d quarantined: %s: %s", inbound_id, type(exc).__name__, exc)
+            logger.warning(
+                "inbound %d quarantined: %s: %s", inbound_id, type(exc).__name__, exc
+            )
             return await self._finish_only(
-                inbound_id, "quarantined", f"could not parse: {type(exc).__name__}: {exc}"
+                inbound_id,
+                "quarantined",
+                f"could not parse: {type(exc).__name__}: {exc}",
             )
 
         skip_reason = self._automatic_reason(row["mail_from"], parsed)
@@ -152,7 +162,9 @@ class Intake:
             return "our own mail looping back"
         return None
 
-    async def _finish_only(self, inbound_id: int, state: str, reason: str) -> Outcome | None:
+    async def _finish_only(
+        self, inbound_id: int, state: str, reason: str
+    ) -> Outcome | None:
         async with self.store.transaction() as db:
             done = await sql.finish_inbound(
                 db, inbound_id, state=state, reason=reason, now=self.store.clock()
@@ -175,7 +187,9 @@ class Intake:
                 "We could not find your address in our list of students. Please ask "
                 "your teacher to add you. Then write to us again.",
             )
-            return await self._finish(db, inbound_id, "rejected", "sender not enrolled", None, None)
+            return await self._finish(
+                db, inbound_id, "rejected", "sender not enrolled", None, None
+            )
 
         to_service = self.config.service.service_address in rcpt_tos
         command = parse_command(parsed.subject, parsed.new_text) if to_service else None
@@ -184,13 +198,20 @@ class Intake:
         if command:
             attempt_id = await self._run_command(db, command, student, parsed)
             return await self._finish(
-                db, inbound_id, "processed", f"command {command.name}", student.id, attempt_id
+                db,
+                inbound_id,
+                "processed",
+                f"command {command.name}",
+                student.id,
+                attempt_id,
             )
         if attempt is not None:
             return await self._submit(db, inbound_id, parsed, student, attempt)
         if to_service:
             await self._reply(db, "help", student, parsed, self._help_text(student))
-            return await self._finish(db, inbound_id, "processed", "no command: sent HELP", student.id, None)
+            return await self._finish(
+                db, inbound_id, "processed", "no command: sent HELP", student.id, None
+            )
         await self._notice_once(
             db,
             parsed,
@@ -198,10 +219,16 @@ class Intake:
             "We could not match your email to a practice scenario. Please reply to the "
             "email we sent you for the scenario, or write to the address in your brief.",
         )
-        return await self._finish(db, inbound_id, "rejected", "no matching attempt", student.id, None)
+        return await self._finish(
+            db, inbound_id, "rejected", "no matching attempt", student.id, None
+        )
 
     async def _match(
-        self, db: aiosqlite.Connection, student: Student, parsed: ParsedEmail, rcpt_tos: list[str]
+        self,
+        db: aiosqlite.Connection,
+        student: Student,
+        parsed: ParsedEmail,
+        rcpt_tos: list[str],
     ) -> Attempt | None:
         """Find the attempt a message answers: thread ids, then token, then the only open one."""
         thread_ids = [*parsed.references, *parsed.in_reply_to]
@@ -253,7 +280,12 @@ class Intake:
                 attempt_id=attempt.id,
             )
             return await self._finish(
-                db, inbound_id, "processed", f"attempt already {attempt.state}", student.id, attempt.id
+                db,
+                inbound_id,
+                "processed",
+                f"attempt already {attempt.state}",
+                student.id,
+                attempt.id,
             )
         if not parsed.new_text.strip():
             text = (
@@ -286,17 +318,27 @@ class Intake:
             max_tries=self.config.queue.max_tries,
             now=self.store.clock(),
         )
-        return await self._finish(db, inbound_id, "processed", "submission queued", student.id, attempt.id)
+        return await self._finish(
+            db, inbound_id, "processed", "submission queued", student.id, attempt.id
+        )
 
     async def _run_command(
-        self, db: aiosqlite.Connection, command: Command, student: Student, parsed: ParsedEmail
+        self,
+        db: aiosqlite.Connection,
+        command: Command,
+        student: Student,
+        parsed: ParsedEmail,
     ) -> int | None:
         name = _first_name(student.name)
         if command.name == "LIST":
-            text = self.composer.render("list.txt.j2", student_name=name, scenarios=self.scenarios)
+            text = self.composer.render(
+                "list.txt.j2", student_name=name, scenarios=self.scenarios
+            )
             await self._reply(db, "list", student, parsed, text)
         elif command.name == "STATUS":
-            await self._reply(db, "status", student, parsed, await self._status_text(db, student))
+            await self._reply(
+                db, "status", student, parsed, await self._status_text(db, student)
+            )
         elif command.name == "START":
             return await self._start(db, command.argument, student, parsed)
         else:
@@ -304,24 +346,36 @@ class Intake:
         return None
 
     async def _start(
-        self, db: aiosqlite.Connection, ref: str | None, student: Student, parsed: ParsedEmail
+        self,
+        db: aiosqlite.Connection,
+        ref: str | None,
+        student: Student,
+        parsed: ParsedEmail,
     ) -> int | None:
         name = _first_name(student.name)
         if not ref:
-            text = self._help_text(student, note="START needs a scenario number or id, for example START 1.")
+            text = self._help_text(
+                student,
+                note="START needs a scenario number or id, for example START 1.",
+            )
             await self._reply(db, "help", student, parsed, text)
             return None
         try:
             scenario = find_scenario(self.scenarios, ref)
         except NotFoundError as exc:
             await self._reply(
-                db, "notice", student, parsed,
+                db,
+                "notice",
+                student,
+                parsed,
                 self.composer.render("notice.txt.j2", student_name=name, text=str(exc)),
             )
             return None
 
         token = new_token()
-        attempt_id = await sql.create_attempt(db, student.id, scenario.id, token, self.store.clock())
+        attempt_id = await sql.create_attempt(
+            db, student.id, scenario.id, token, self.store.clock()
+        )
         counterpart_address = self.composer.counterpart_address(scenario, token)
         brief = self.composer.render(
             "brief.txt.j2",
@@ -344,7 +398,7 @@ class Intake:
             brief,
             subject=f"Scenario {scenario.number}: {scenario.title}",
             reply_to=reply_to,
-            attachments=tuple(a.path for a in scenario.artefacts if a.path),
+            attachments=tuple(a for a in scenario.artefacts if a.path),
             attempt_id=attempt_id,
         )
         if scenario.type == "reply":
@@ -379,7 +433,9 @@ class Intake:
                     "status": status,
                 }
             )
-        return self.composer.render("status.txt.j2", student_name=_first_name(student.name), rows=rows)
+        return self.composer.render(
+            "status.txt.j2", student_name=_first_name(student.name), rows=rows
+        )
 
     def _help_text(self, student: Student | None, note: str | None = None) -> str:
         example = self.scenarios[0].id if self.scenarios else "scenario-id"
@@ -400,7 +456,7 @@ class Intake:
         *,
         subject: str | None = None,
         reply_to: str | None = None,
-        attachments: tuple = (),
+        attachments: tuple[Artefact, ...] = (),
         attempt_id: int | None = None,
     ) -> None:
         """Queue a reply to the student's message, threaded under it."""
@@ -419,7 +475,11 @@ class Intake:
         await sql.insert_outbox(db, email, self.store.clock())
 
     async def _notice_once(
-        self, db: aiosqlite.Connection, parsed: ParsedEmail, student: Student | None, text: str
+        self,
+        db: aiosqlite.Connection,
+        parsed: ParsedEmail,
+        student: Student | None,
+        text: str,
     ) -> None:
         """Send a short explanation, at most one per sender per UTC day."""
         day = dt.datetime.fromtimestamp(self.store.clock(), dt.UTC).date().isoformat()
@@ -429,7 +489,11 @@ class Intake:
         email = self.composer.build(
             kind="notice",
             sender=self.composer.service,
-            to=[Mailbox(student.name if student else parsed.from_name, parsed.from_address)],
+            to=[
+                Mailbox(
+                    student.name if student else parsed.from_name, parsed.from_address
+                )
+            ],
             subject=reply_subject(parsed.subject),
             text=self.composer.render("notice.txt.j2", student_name=name, text=text),
             in_reply_to=parsed.message_id,

@@ -44,7 +44,9 @@ class PebSMTP(SMTP):
 class IntakeHandler:
     """aiosmtpd handler: check recipients, store the message, reply."""
 
-    def __init__(self, store: Store, domain: str, on_stored: Callable[[], None]) -> None:
+    def __init__(
+        self, store: Store, domain: str, on_stored: Callable[[], None]
+    ) -> None:
         self.store = store
         self.domain = domain.lower()
         self.on_stored = on_stored
@@ -65,7 +67,9 @@ class IntakeHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
         raw = envelope.original_content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", errors="surrogateescape")
@@ -113,4 +117,6 @@ async def start_listener(
         )
 
     loop = asyncio.get_running_loop()
-    return await loop.create_server(factory, host=config.listener.host, port=config.listener.port)
+    return await loop.create_server(
+        factory, host=config.listener.host, port=config.listener.port
+    )

@@ -23,7 +23,9 @@ from .models import AttachmentInfo
 logger = logging.getLogger(__name__)
 
 _MSGID_RE = re.compile(r"<([^<>\s]+)>")
-_REPLY_PREFIX_RE = re.compile(r"^\s*((re|aw|sv|antw|r|ref|tr|fwd?|wg)\s*(\[\d+\])?\s*:\s*)+", re.I)
+_REPLY_PREFIX_RE = re.compile(
+    r"^\s*((re|aw|sv|antw|r|ref|tr|fwd?|wg)\s*(\[\d+\])?\s*:\s*)+", re.I
+)
 _AUTO_SUBJECT_RE = re.compile(
     r"^\s*(auto(matic)?[ -]?(reply|response)|out of (the )?office|abwesenheit|"
     r"r[ée]ponse automatique|respuesta autom[áa]tica|undeliver|delivery status|"
@@ -93,7 +95,9 @@ def parse(raw: bytes) -> ParsedEmail:
     attachments = tuple(
         AttachmentInfo(
             filename=str(item.get("filename") or "unnamed"),
-            content_type=str(item.get("mail_content_type") or "application/octet-stream"),
+            content_type=str(
+                item.get("mail_content_type") or "application/octet-stream"
+            ),
             size_bytes=_payload_size(item),
         )
         for item in parsed.attachments

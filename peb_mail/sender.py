@@ -53,7 +53,9 @@ class MaildirTransport:
         try:
             await asyncio.to_thread(self._maildir.add, envelope + email.raw)
         except OSError as exc:
-            raise TemporaryDeliveryError(f"could not write to Maildir {self.path}: {exc}") from exc
+            raise TemporaryDeliveryError(
+                f"could not write to Maildir {self.path}: {exc}"
+            ) from exc
         return None
 
 
@@ -80,14 +82,25 @@ class SmtpTransport:
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [item.code for item in exc.recipients]
-            text = "; ".join(f"{item.recipient}: {item.code} {item.message}" for item in exc.recipients)
+            text = "; ".join(
+                f"{item.recipient}: {item.code} {item.message}"
+                for item in exc.recipients
+            )
             if all(code >= 500 for code in codes):
-                raise PermanentDeliveryError(f"all recipients refused: {text}", codes[0]) from exc
-            raise TemporaryDeliveryError(f"recipients refused: {text}", codes[0]) from exc
+                raise PermanentDeliveryError(
+                    f"all recipients refused: {text}", codes[0]
+                ) from exc
+            raise TemporaryDeliveryError(
+                f"recipients refused: {text}", codes[0]
+            ) from exc
         except aiosmtplib.SMTPResponseException as exc:
-            error_class = PermanentDeliveryError if exc.code >= 500 else TemporaryDeliveryError
-            raise error_class(f"smarthost replied {exc.code} {exc.message}", exc.code) from exc
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            error_class = (
+                PermanentDeliveryError if exc.code >= 500 else TemporaryDeliveryError
+            )
+            raise error_class(
+                f"smarthost replied {exc.code} {exc.message}", exc.code
+            ) from exc
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise TemporaryDeliveryError(
                 f"could not deliver to {config.smarthost_host}:{config.smarthost_port}: "
                 f"{type(exc).__name__}: {exc}"
@@ -95,7 +108,10 @@ class SmtpTransport:
         if errors:
             # NOTE: refused recipients of a partly accepted email are only noted,
             # not retried one by one.
-            return "; ".join(f"{rcpt}: {reply.code} {reply.message}" for rcpt, reply in errors.items())
+            return "; ".join(
+                f"{rcpt}: {reply.code} {reply.message}"
+                for rcpt, reply in errors.items()
+            )
         return None
 
 
@@ -108,7 +124,9 @@ def make_transport(config: OutboxConfig) -> Transport:
 class Sender:
     """Deliver due outbox emails; safe to run in several processes at once."""
 
-    def __init__(self, store: Store, transport: Transport, config: OutboxConfig) -> None:
+    def __init__(
+        self, store: Store, transport: Transport, config: OutboxConfig
+    ) -> None:
         self.store = store
         self.transport = transport
         self.config = config
@@ -148,13 +166,34 @@ class Sender:
             await self._retry(item, f"unexpected {type(exc).__name__}: {exc}")
             return
         await self.store.mark_sent(item.id, note)
-        logger.info("outbox %d (%s) sent to %d recipients", item.id, item.kind, len(item.rcpt_tos))
+        logger.info(
+            "outbox %d (%s) sent to %d recipients",
+            item.id,
+            item.kind,
+            len(item.rcpt_tos),
+        )
 
     async def _retry(self, item: OutboxEmail, error: str) -> None:
         if item.tries >= self.config.max_tries:
-            logger.warning("outbox %d (%s) dead after %d tries: %s", item.id, item.kind, item.tries, error)
-            await self.store.mark_dead(item.id, f"gave up after {item.tries} tries: {error}")
+            logger.warning(
+                "outbox %d (%s) dead after %d tries: %s",
+                item.id,
+                item.kind,
+                item.tries,
+                error,
+            )
+            await self.store.mark_dead(
+                item.id, f"gave up after {item.tries} tries: {error}"
+            )
             return
-        delay = backoff_delay_s(item.tries, self.config.backoff_base_s, self.config.backoff_max_s)
-        logger.info("outbox %d try %d failed, retry in %.0fs: %s", item.id, item.tries, delay, error)
+        delay = backoff_delay_s(
+            item.tries, self.config.backoff_base_s, self.config.backoff_max_s
+        )
+        logger.info(
+            "outbox %d try %d failed, retry in %.0fs: %s",
+            item.id,
+            item.tries,
+            delay,
+            error,
+        )
         await self.store.mark_retry(item.id, delay, error)

@@ -44,7 +44,11 @@ class Service:
 
     def __init__(self, config: Config, scenarios: list[Scenario] | None = None) -> None:
         self.config = config
-        self.scenarios = scenarios if scenarios is not None else load_scenarios(config.service.scenarios_dir)
+        self.scenarios = (
+            scenarios
+            if scenarios is not None
+            else load_scenarios(config.service.scenarios_dir)
+        )
         self.stop_event = asyncio.Event()
         self.intake_wake = asyncio.Event()
         self.grading_wake = asyncio.Event()
@@ -78,12 +82,16 @@ class Service:
         for job in await self.store.expired_leases():
             logger.warning(
                 "job %d (attempt %d) has an expired lease from %s; it will be taken over",
-                job.id, job.attempt_id, job.lease_owner,
+                job.id,
+                job.attempt_id,
+                job.lease_owner,
             )
 
         composer = Composer(config)
         grader = make_grader(config)
-        self.tasks.append(asyncio.create_task(self._warm_up(composer, grader), name="warm-up"))
+        self.tasks.append(
+            asyncio.create_task(self._warm_up(composer, grader), name="warm-up")
+        )
         intake = Intake(self.store, composer, self.scenarios, config)
         self.tasks.append(asyncio.create_task(self._run_intake(intake), name="intake"))
         for index in range(config.queue.workers):
@@ -97,10 +105,17 @@ class Service:
                 on_email=self.sending_wake.set,
             )
             self.tasks.append(
-                asyncio.create_task(worker.run(self.grading_wake, self.stop_event), name=f"worker-{index}")
+                asyncio.create_task(
+                    worker.run(self.grading_wake, self.stop_event),
+                    name=f"worker-{index}",
+                )
             )
         sender = Sender(self.store, make_transport(config.outbox), config.outbox)
-        self.tasks.append(asyncio.create_task(sender.run(self.sending_wake, self.stop_event), name="sender"))
+        self.tasks.append(
+            asyncio.create_task(
+                sender.run(self.sending_wake, self.stop_event), name="sender"
+            )
+        )
 
     async def _warm_up(self, composer: Composer, grader: Grader) -> None:
         started = time.monotonic()
@@ -110,7 +125,9 @@ class Service:
             try:
                 await warm_up()
             except Exception:
-                logger.exception("warming up the grader failed; the first grading will retry")
+                logger.exception(
+                    "warming up the grader failed; the first grading will retry"
+                )
         logger.info("grader %s ready in %.2fs", grader.name, time.monotonic() - started)
 
     async def _run_intake(self, intake: Intake) -> None:
@@ -119,14 +136,19 @@ class Service:
             try:
                 outcomes = await intake.process_pending()
             except Exception:
-                logger.exception("intake failed; retrying in %.1fs", self.config.queue.poll_interval_s)
+                logger.exception(
+                    "intake failed; retrying in %.1fs",
+                    self.config.queue.poll_interval_s,
+                )
                 outcomes = []
             if any(outcome.reason == "submission queued" for outcome in outcomes):
                 self.grading_wake.set()
             if outcomes:
                 self.sending_wake.set()
             self.intake_wake.clear()
-            await _wait_any(self.intake_wake, self.stop_event, self.config.queue.poll_interval_s)
+            await _wait_any(
+                self.intake_wake, self.stop_event, self.config.queue.poll_interval_s
+            )
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Stop accepting mail, let running tasks finish their step, then close."""

@@ -235,12 +235,16 @@ class Store:
                 raise
             await self._db.execute("commit")
 
-    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    async def _fetchall(
+        self, sql: str, params: Iterable[Any] = ()
+    ) -> list[sqlite3.Row]:
         async with self._lock:
             async with self._db.execute(sql, tuple(params)) as cursor:
                 return list(await cursor.fetchall())
 
-    async def _fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+    async def _fetchone(
+        self, sql: str, params: Iterable[Any] = ()
+    ) -> sqlite3.Row | None:
         rows = await self._fetchall(sql, params)
         return rows[0] if rows else None
 
@@ -265,20 +269,30 @@ class Store:
                 "insert or ignore into inbound "
                 "(received_at, peer, mail_from, rcpt_tos, message_id, raw) "
                 "values (?, ?, ?, ?, ?, ?)",
-                (self.clock(), peer, mail_from.lower(), json.dumps(rcpt_tos), message_id, raw),
+                (
+                    self.clock(),
+                    peer,
+                    mail_from.lower(),
+                    json.dumps(rcpt_tos),
+                    message_id,
+                    raw,
+                ),
             )
             return cursor.lastrowid if cursor.rowcount == 1 else None
 
     async def received_inbound_ids(self, limit: int = 50) -> list[int]:
         rows = await self._fetchall(
-            "select id from inbound where state = 'received' order by id limit ?", (limit,)
+            "select id from inbound where state = 'received' order by id limit ?",
+            (limit,),
         )
         return [row["id"] for row in rows]
 
     async def inbound_row(self, inbound_id: int) -> sqlite3.Row | None:
         return await self._fetchone("select * from inbound where id = ?", (inbound_id,))
 
-    async def list_inbound(self, state: str | None = None, limit: int = 100) -> list[sqlite3.Row]:
+    async def list_inbound(
+        self, state: str | None = None, limit: int = 100
+    ) -> list[sqlite3.Row]:
         sql = (
             "select id, received_at, mail_from, message_id, state, reason, attempt_id, "
             "length(raw) as size from inbound"
@@ -304,7 +318,9 @@ class Store:
         now = self.clock()
         async with self.transaction() as db:
             for email, name, cohort in rows:
-                async with db.execute("select id from students where email = ?", (email,)) as cur:
+                async with db.execute(
+                    "select id from students where email = ?", (email,)
+                ) as cur:
                     existing = await cur.fetchone()
                 if existing:
                     await db.execute(
@@ -328,12 +344,15 @@ class Store:
         return added, updated
 
     async def list_students(self) -> list[Student]:
-        rows = await self._fetchall("select id, email, name, cohort from students order by cohort, email")
+        rows = await self._fetchall(
+            "select id, email, name, cohort from students order by cohort, email"
+        )
         return [Student(**dict(row)) for row in rows]
 
     async def student_by_email(self, email: str) -> Student | None:
         row = await self._fetchone(
-            "select id, email, name, cohort from students where email = ?", (email.lower(),)
+            "select id, email, name, cohort from students where email = ?",
+            (email.lower(),),
         )
         return Student(**dict(row)) if row else None
 
@@ -345,7 +364,8 @@ class Store:
 
     async def cohort_instructors(self, cohort: str) -> list[str]:
         rows = await self._fetchall(
-            "select email from cohort_instructors where cohort = ? order by email", (cohort,)
+            "select email from cohort_instructors where cohort = ? order by email",
+            (cohort,),
         )
         return [row["email"] for row in rows]
 
@@ -495,7 +515,9 @@ class Store:
             cursor = await db.execute(sql, params)
             return cursor.rowcount
 
-    async def list_outbox(self, state: str | None = None, limit: int = 100) -> list[OutboxEmail]:
+    async def list_outbox(
+        self, state: str | None = None, limit: int = 100
+    ) -> list[OutboxEmail]:
         sql = "select * from outbox"
         params: list[Any] = []
         if state:
@@ -554,7 +576,9 @@ async def insert_outbox(db: aiosqlite.Connection, email: NewEmail, now: float) -
         await add_thread_id(db, email.message_id, email.attempt_id)
 
 
-async def add_thread_id(db: aiosqlite.Connection, message_id: str, attempt_id: int) -> None:
+async def add_thread_id(
+    db: aiosqlite.Connection, message_id: str, attempt_id: int
+) -> None:
     await db.execute(
         "insert or ignore into thread_ids (message_id, attempt_id) values (?, ?)",
         (message_id, attempt_id),
@@ -588,7 +612,9 @@ async def fetch_student(db: aiosqlite.Connection, email: str) -> Student | None:
 
 
 async def fetch_attempt(db: aiosqlite.Connection, attempt_id: int) -> Attempt | None:
-    async with db.execute("select * from attempts where id = ?", (attempt_id,)) as cursor:
+    async with db.execute(
+        "select * from attempts where id = ?", (attempt_id,)
+    ) as cursor:
         row = await cursor.fetchone()
     return Attempt(**dict(row)) if row else None
 
@@ -711,7 +737,9 @@ async def set_attempt_graded(
     )
 
 
-async def set_attempt_state(db: aiosqlite.Connection, attempt_id: int, state: str) -> None:
+async def set_attempt_state(
+    db: aiosqlite.Connection, attempt_id: int, state: str
+) -> None:
     await db.execute("update attempts set state = ? where id = ?", (state, attempt_id))
 
 

@@ -104,10 +104,18 @@ class GradingWorker:
         if job.tries > job.max_tries:
             return await self._give_up(job, "no tries left")
         attempt = await self.store.attempt(job.attempt_id)
-        student = await self.store.student_by_id(attempt.student_id) if attempt else None
+        student = (
+            await self.store.student_by_id(attempt.student_id) if attempt else None
+        )
         scenario = self.scenarios.get(attempt.scenario_id) if attempt else None
         if attempt is None or student is None or scenario is None:
-            missing = "attempt" if attempt is None else "student" if student is None else "scenario"
+            missing = (
+                "attempt"
+                if attempt is None
+                else "student"
+                if student is None
+                else "scenario"
+            )
             return await self._give_up(job, f"{missing} not found")
 
         submission = Submission(
@@ -115,7 +123,8 @@ class GradingWorker:
             text=attempt.body or "",
             student_name=student.name,
             attachments=tuple(
-                AttachmentInfo(**item) for item in json.loads(attempt.attachments or "[]")
+                AttachmentInfo(**item)
+                for item in json.loads(attempt.attachments or "[]")
             ),
         )
         try:
@@ -124,7 +133,9 @@ class GradingWorker:
             return await self._retry_or_give_up(job, f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # a grader bug must not kill the worker
             logger.exception("job %d: grader raised an unexpected error", job.id)
-            return await self._retry_or_give_up(job, f"unexpected {type(exc).__name__}: {exc}")
+            return await self._retry_or_give_up(
+                job, f"unexpected {type(exc).__name__}: {exc}"
+            )
         return await self._finish(job, attempt, student, scenario, verdict)
 
     async def _retry_or_give_up(self, job: Job, error: str) -> str:
@@ -133,26 +144,45 @@ class GradingWorker:
         delay = backoff_delay_s(
             job.tries, self.config.queue.backoff_base_s, self.config.queue.backoff_max_s
         )
-        released = await self.store.release_job(job, self.name, delay_s=delay, error=error)
+        released = await self.store.release_job(
+            job, self.name, delay_s=delay, error=error
+        )
         if not released:
             return "lease lost before retry"
         return f"failed ({error}); retry in {delay:.0f}s"
 
     async def _finish(
-        self, job: Job, attempt: Attempt, student: Student, scenario: Scenario, verdict: Verdict
+        self,
+        job: Job,
+        attempt: Attempt,
+        student: Student,
+        scenario: Scenario,
+        verdict: Verdict,
     ) -> str:
-        inbound = await self.store.inbound_row(attempt.inbound_id) if attempt.inbound_id else None
+        inbound = (
+            await self.store.inbound_row(attempt.inbound_id)
+            if attempt.inbound_id
+            else None
+        )
         thread = _thread_of(inbound["raw"] if inbound else b"")
         instructors = await self.store.cohort_instructors(student.cohort)
-        instructors = sorted({*instructors, *self.config.cohorts.get(student.cohort, ())})
-        emails = self._feedback_emails(attempt, student, scenario, verdict, thread, instructors)
+        instructors = sorted(
+            {*instructors, *self.config.cohorts.get(student.cohort, ())}
+        )
+        emails = self._feedback_emails(
+            attempt, student, scenario, verdict, thread, instructors
+        )
 
         now = self.store.clock()
         async with self.store.transaction() as db:
             if not await sql.complete_job(db, job.id, self.name, now):
-                logger.warning("job %d: lease lost to another worker, result discarded", job.id)
+                logger.warning(
+                    "job %d: lease lost to another worker, result discarded", job.id
+                )
                 return "lease lost, result discarded"
-            await sql.set_attempt_graded(db, attempt.id, verdict.total, verdict.to_json(), now)
+            await sql.set_attempt_graded(
+                db, attempt.id, verdict.total, verdict.to_json(), now
+            )
             for item in emails:
                 await sql.insert_outbox(db, item, now)
         self.on_email()
@@ -178,8 +208,12 @@ class GradingWorker:
             to=[Mailbox(student.name, student.email)],
             cc=instructor_boxes if delivery == "cc" else None,
             subject=reply_subject(attempt.subject or scenario.title),
-            text=self.composer.render("feedback.txt.j2", student_name=student_name, **context),
-            html=self.composer.render("feedback.html.j2", student_name=student_name, **context),
+            text=self.composer.render(
+                "feedback.txt.j2", student_name=student_name, **context
+            ),
+            html=self.composer.render(
+                "feedback.html.j2", student_name=student_name, **context
+            ),
             reply_to=self.composer.reply_address(attempt.token),
             in_reply_to=message_id,
             references=references,
@@ -211,12 +245,24 @@ class GradingWorker:
 
     async def _give_up(self, job: Job, error: str) -> str:
         """Mark the job failed and tell the student that grading is delayed."""
-        logger.warning("job %d attempt %d failed after %d tries: %s", job.id, job.attempt_id, job.tries, error)
+        logger.warning(
+            "job %d attempt %d failed after %d tries: %s",
+            job.id,
+            job.attempt_id,
+            job.tries,
+            error,
+        )
         attempt = await self.store.attempt(job.attempt_id)
-        student = await self.store.student_by_id(attempt.student_id) if attempt else None
+        student = (
+            await self.store.student_by_id(attempt.student_id) if attempt else None
+        )
         notice = None
         if attempt is not None and student is not None:
-            inbound = await self.store.inbound_row(attempt.inbound_id) if attempt.inbound_id else None
+            inbound = (
+                await self.store.inbound_row(attempt.inbound_id)
+                if attempt.inbound_id
+                else None
+            )
             message_id, references = _thread_of(inbound["raw"] if inbound else b"")
             notice = self.composer.build(
                 kind="notice",
@@ -225,7 +271,9 @@ class GradingWorker:
                 subject=reply_subject(attempt.subject or "your email"),
                 text=self.composer.render(
                     "notice.txt.j2",
-                    student_name=student.name.split()[0] if student.name.split() else "",
+                    student_name=student.name.split()[0]
+                    if student.name.split()
+                    else "",
                     text="We received your email, but grading it is delayed. Your teacher "
                     "will check it. You do not need to send it again.",
                 ),
@@ -260,7 +308,9 @@ def _thread_of(raw: bytes) -> tuple[str | None, tuple[str, ...]]:
 async def _wait_any(wake: asyncio.Event, stop: asyncio.Event, timeout_s: float) -> None:
     waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
     try:
-        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         for waiter in waiters:
             waiter.cancel()

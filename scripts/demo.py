@@ -10,12 +10,10 @@ submission got exactly one feedback email.
 from __future__ import annotations
 
 import argparse
-import base64
 import email
 import email.policy
 import mailbox
 import os
-import quopri
 import shutil
 import signal
 import smtplib
@@ -86,7 +84,14 @@ class Demo:
 
     def peb(self, *args: str) -> None:
         subprocess.run(
-            [sys.executable, "-m", "peb_mail", *args, "--config", str(self.config_path)],
+            [
+                sys.executable,
+                "-m",
+                "peb_mail",
+                *args,
+                "--config",
+                str(self.config_path),
+            ],
             check=True,
         )
 
@@ -94,14 +99,23 @@ class Demo:
         port_file = self.workdir / "port"
         log = (self.workdir / "serve.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "peb_mail", "serve", "--config", str(self.config_path)],
+            [
+                sys.executable,
+                "-m",
+                "peb_mail",
+                "serve",
+                "--config",
+                str(self.config_path),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text().strip()):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"peb-mail serve did not start; see {self.workdir / 'serve.log'}")
+                raise SystemExit(
+                    f"peb-mail serve did not start; see {self.workdir / 'serve.log'}"
+                )
             time.sleep(0.05)
         self.port = int(port_file.read_text())
 
@@ -118,16 +132,23 @@ class Demo:
         if not self.maildir.exists():
             return []
         box = mailbox.Maildir(self.maildir, create=False)
-        return [email.message_from_bytes(box.get_bytes(key), policy=email.policy.default) for key in box.keys()]
+        return [
+            email.message_from_bytes(box.get_bytes(key), policy=email.policy.default)
+            for key in box.keys()
+        ]
 
-    def wait_for(self, predicate: Callable[[Message], bool], count: int = 1) -> list[Message]:
+    def wait_for(
+        self, predicate: Callable[[Message], bool], count: int = 1
+    ) -> list[Message]:
         deadline = time.monotonic() + WAIT_S
         while True:
             found = [item for item in self.sent_mail() if predicate(item)]
             if len(found) >= count:
                 return found
             if time.monotonic() > deadline:
-                raise SystemExit(f"timed out waiting for mail; see {self.workdir / 'serve.log'}")
+                raise SystemExit(
+                    f"timed out waiting for mail; see {self.workdir / 'serve.log'}"
+                )
             time.sleep(0.1)
 
 
@@ -188,7 +209,11 @@ def gmail_reply(demo: Demo) -> tuple[str, Message, str]:
     started = start_scenario(demo, "clarify-vague-task")
     starter = started.starter
     assert starter is not None
-    message = new_message("Re: " + str(starter["Subject"]), to=started.address, in_reply_to=starter["Message-ID"])
+    message = new_message(
+        "Re: " + str(starter["Subject"]),
+        to=started.address,
+        in_reply_to=starter["Message-ID"],
+    )
     name = starter["From"].addresses[0].display_name
     body = (
         "Hi,\n\nThank you for asking me to clean up the notes from yesterday's meeting. "
@@ -210,7 +235,11 @@ def apple_mail_reply_qp(demo: Demo) -> tuple[str, Message, str]:
     started = start_scenario(demo, "reschedule-client-call")
     starter = started.starter
     assert starter is not None
-    message = new_message("Re: " + str(starter["Subject"]), to=started.address, in_reply_to=starter["Message-ID"])
+    message = new_message(
+        "Re: " + str(starter["Subject"]),
+        to=started.address,
+        in_reply_to=starter["Message-ID"],
+    )
     name = starter["From"].addresses[0].display_name
     body = (
         "Dear Hannah,\n\nI am very sorry, but I cannot join our video call at 3:00 pm today. "
@@ -225,12 +254,19 @@ def apple_mail_reply_qp(demo: Demo) -> tuple[str, Message, str]:
     )
     # Apple Mail sends quoted-printable.
     message.set_content(body, cte="quoted-printable")
-    return "Apple Mail reply, quoted-printable, iPhone signature", message, started.address
+    return (
+        "Apple Mail reply, quoted-printable, iPhone signature",
+        message,
+        started.address,
+    )
 
 
 def outlook_new_email_base64(demo: Demo) -> tuple[str, Message, str]:
     started = start_scenario(demo, "correct-error-in-report")
-    message = new_message("Correction: North region March revenue in the Q1 sales report", to=started.address)
+    message = new_message(
+        "Correction: North region March revenue in the Q1 sales report",
+        to=started.address,
+    )
     body = (
         "Dear Daniel,\n\nI am writing about the Q1 regional sales report I sent you yesterday. "
         "I made a mistake in it: the March revenue for the North region should be $14,200, not "
@@ -250,21 +286,29 @@ def outlook_new_email_base64(demo: Demo) -> tuple[str, Message, str]:
         subtype="csv",
         filename="q1_regional_sales_corrected.csv",
     )
-    return "Outlook new email with header block below, base64, CSV attached", message, started.address
+    return (
+        "Outlook new email with header block below, base64, CSV attached",
+        message,
+        started.address,
+    )
 
 
 def html_only_reply(demo: Demo) -> tuple[str, Message, str]:
     started = start_scenario(demo, "reschedule-client-call")
     starter = started.starter
     assert starter is not None
-    message = new_message("Re: " + str(starter["Subject"]), to=started.address, in_reply_to=starter["Message-ID"])
+    message = new_message(
+        "Re: " + str(starter["Subject"]),
+        to=started.address,
+        in_reply_to=starter["Message-ID"],
+    )
     quoted_html = "<br>".join(starter_text(started).splitlines())
     message.set_content(
         "<html><body><p>Hi Hannah,</p><p>I am sorry, my internet connection is not working "
         "today, so I cannot do our call at 3 pm. Can we talk <b>tomorrow at 3:00 pm</b> "
         "instead? I will email you the launch plan update today by 5 pm.</p>"
         "<p>Best wishes,<br>Ana</p>"
-        f"<div class=\"gmail_quote\">On Thu, Dec 3, 2026, Hannah wrote:<blockquote>{quoted_html}"
+        f'<div class="gmail_quote">On Thu, Dec 3, 2026, Hannah wrote:<blockquote>{quoted_html}'
         "</blockquote></div></body></html>",
         subtype="html",
     )
@@ -287,8 +331,19 @@ def corpus_submissions(demo: Demo, corpus: Path) -> list[tuple[str, Message, str
         if not path.exists():
             continue
         started = start_scenario(demo, scenario_id)
-        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.compat32)
-        for header in ("From", "To", "Cc", "Message-ID", "In-Reply-To", "References", "Return-Path", "Delivered-To"):
+        message = email.message_from_bytes(
+            path.read_bytes(), policy=email.policy.compat32
+        )
+        for header in (
+            "From",
+            "To",
+            "Cc",
+            "Message-ID",
+            "In-Reply-To",
+            "References",
+            "Return-Path",
+            "Delivered-To",
+        ):
             del message[header]
         message["From"] = f"{STUDENT_NAME} <{STUDENT}>"
         message["To"] = started.address
@@ -306,7 +361,9 @@ DOMAIN = "peb-mail.test"
 
 def report(demo: Demo, label: str, message: Message) -> bool:
     message_id = str(message["Message-ID"]).strip("<>")
-    feedback = demo.wait_for(lambda item: str(item["In-Reply-To"]).strip("<>") == message_id)
+    feedback = demo.wait_for(
+        lambda item: str(item["In-Reply-To"]).strip("<>") == message_id
+    )
     with sqlite3.connect(f"file:{demo.database}?mode=ro", uri=True) as db:
         row = db.execute(
             "select a.id, a.scenario_id, a.score, a.body from inbound i "
@@ -328,7 +385,8 @@ def report(demo: Demo, label: str, message: Message) -> bool:
     files = [
         str(demo.maildir / box._toc[key])  # noqa: SLF001 - the file name is what users look for
         for key in box.keys()
-        if str(email.message_from_bytes(box.get_bytes(key))["In-Reply-To"]).strip("<>") == message_id
+        if str(email.message_from_bytes(box.get_bytes(key))["In-Reply-To"]).strip("<>")
+        == message_id
     ]
     print(f"  feedback emails: {len(feedback)}; stored at {', '.join(files)}")
     return len(feedback) == 1 and score is not None
@@ -336,8 +394,16 @@ def report(demo: Demo, label: str, message: Message) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default=str(REPO / "demo-data"), help="folder for the demo's database and mail (emptied first)")
-    parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "corpus"), help="shared corpus folder, used when present")
+    parser.add_argument(
+        "--workdir",
+        default=str(REPO / "demo-data"),
+        help="folder for the demo's database and mail (emptied first)",
+    )
+    parser.add_argument(
+        "--corpus",
+        default=str(REPO.parent / "shared" / "corpus"),
+        help="shared corpus folder, used when present",
+    )
     args = parser.parse_args()
 
     workdir = Path(args.workdir).resolve()
@@ -356,7 +422,9 @@ def main() -> int:
     config_path = workdir / "config.toml"
     write_toml(config, config_path)
     roster = workdir / "roster.csv"
-    roster.write_text(f"email,name,cohort\n{STUDENT},{STUDENT_NAME},demo\n", encoding="utf-8")
+    roster.write_text(
+        f"email,name,cohort\n{STUDENT},{STUDENT_NAME},demo\n", encoding="utf-8"
+    )
 
     demo = Demo(workdir, config_path)
     demo.peb("init")
@@ -384,15 +452,26 @@ def main() -> int:
         duplicates = 0
         for _, message, _ in submissions:
             message_id = str(message["Message-ID"]).strip("<>")
-            count = sum(1 for item in demo.sent_mail() if str(item["In-Reply-To"]).strip("<>") == message_id)
+            count = sum(
+                1
+                for item in demo.sent_mail()
+                if str(item["In-Reply-To"]).strip("<>") == message_id
+            )
             duplicates += count - 1
     finally:
         demo.stop()
     ok = all(results) and duplicates == 0
     print("=" * 78)
-    print(f"{sum(results)} of {len(results)} submissions got exactly one feedback email; duplicates: {duplicates}")
-    print(f"All mail peb-mail sent is in {demo.maildir}; the database is {demo.database}")
-    print("Look around with: .venv/bin/peb-mail attempts list --config " + str(config_path))
+    print(
+        f"{sum(results)} of {len(results)} submissions got exactly one feedback email; duplicates: {duplicates}"
+    )
+    print(
+        f"All mail peb-mail sent is in {demo.maildir}; the database is {demo.database}"
+    )
+    print(
+        "Look around with: .venv/bin/peb-mail attempts list --config "
+        + str(config_path)
+    )
     return 0 if ok else 1
 
 

@@ -59,7 +59,9 @@ instructors = ["teacher@school.test"]
     )
 
 
-async def start_serve(config: Path, port_file: Path) -> tuple[subprocess.Popen[bytes], int]:
+async def start_serve(
+    config: Path, port_file: Path
+) -> tuple[subprocess.Popen[bytes], int]:
     port_file.unlink(missing_ok=True)
     env = {**os.environ, "PEB_MAIL_LLM_API_KEY": "test-key"}
     process = subprocess.Popen(
@@ -71,7 +73,9 @@ async def start_serve(config: Path, port_file: Path) -> tuple[subprocess.Popen[b
     deadline = time.monotonic() + 20
     while not port_file.exists() or not port_file.read_text().strip():
         if process.poll() is not None:
-            raise AssertionError(f"serve exited: {process.stderr.read().decode() if process.stderr else ''}")
+            raise AssertionError(
+                f"serve exited: {process.stderr.read().decode() if process.stderr else ''}"
+            )
         if time.monotonic() > deadline:
             process.kill()
             raise AssertionError("serve did not start listening within 20 s")
@@ -101,14 +105,25 @@ async def test_kill_before_grading_answers_once(tmp_path: Path, sink: Sink) -> N
         roster = tmp_path / "roster.csv"
         roster.write_text(f"email,name,cohort\n{STUDENT},Ana Silva,demo\n")
         imported = subprocess.run(
-            [sys.executable, "-m", "peb_mail", "roster", "import", str(roster), "--config", str(config)],
+            [
+                sys.executable,
+                "-m",
+                "peb_mail",
+                "roster",
+                "import",
+                str(roster),
+                "--config",
+                str(config),
+            ],
             capture_output=True,
         )
         assert imported.returncode == 0, imported.stderr
 
         process, port = await start_serve(config, port_file)
         try:
-            await aiosmtplib.send(message("START 1", "", SERVICE), hostname="127.0.0.1", port=port)
+            await aiosmtplib.send(
+                message("START 1", "", SERVICE), hostname="127.0.0.1", port=port
+            )
             [brief] = await sink.wait_for(lambda items: len(items) >= 1)
             counterpart = str(brief.message["Reply-To"]).strip("<>")
             submission = message(
@@ -128,14 +143,19 @@ async def test_kill_before_grading_answers_once(tmp_path: Path, sink: Sink) -> N
 
     database = tmp_path / "data" / "peb.sqlite3"
     with sqlite3.connect(database) as db:
-        assert db.execute("select state, tries from jobs").fetchall() == [("grading", 1)]
+        assert db.execute("select state, tries from jobs").fetchall() == [
+            ("grading", 1)
+        ]
         assert db.execute("select state from attempts").fetchall() == [("submitted",)]
 
     write_config(config, tmp_path, sink, '[grader]\nkind = "offline"')
     process, port = await start_serve(config, port_file)
     try:
         received = await sink.wait_for(
-            lambda items: any(item.message["In-Reply-To"] == submission["Message-ID"] for item in items),
+            lambda items: any(
+                item.message["In-Reply-To"] == submission["Message-ID"]
+                for item in items
+            ),
             timeout_s=30,
         )
         # Let the sender run a little longer so a duplicate would show up.
@@ -144,12 +164,18 @@ async def test_kill_before_grading_answers_once(tmp_path: Path, sink: Sink) -> N
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
 
-    feedback = [item for item in sink.received if item.message["In-Reply-To"] == submission["Message-ID"]]
+    feedback = [
+        item
+        for item in sink.received
+        if item.message["In-Reply-To"] == submission["Message-ID"]
+    ]
     assert len(feedback) == 1
     assert len(received) >= 3
     with sqlite3.connect(database) as db:
         assert db.execute("select state, tries from jobs").fetchall() == [("done", 2)]
         assert db.execute("select state from attempts").fetchall() == [("graded",)]
-        pending = db.execute("select count(*) from outbox where state != 'sent'").fetchone()
+        pending = db.execute(
+            "select count(*) from outbox where state != 'sent'"
+        ).fetchone()
     assert pending == (0,)
     assert process.returncode == 0

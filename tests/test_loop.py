@@ -14,7 +14,16 @@ import pytest
 
 from peb_mail.service import Service
 
-from .conftest import DOMAIN, INSTRUCTOR, SERVICE, STUDENT, Received, Sink, make_config, smtp_outbox
+from .conftest import (
+    DOMAIN,
+    INSTRUCTOR,
+    SERVICE,
+    STUDENT,
+    Received,
+    Sink,
+    make_config,
+    smtp_outbox,
+)
 
 OTHER = "ben.okafor@student.test"
 
@@ -124,7 +133,9 @@ async def test_initiate_scenario_whole_loop(service: Service, sink: Sink) -> Non
     )
     await send(service, submission)
     received = await sink.wait_for(lambda items: len(items) >= 3)
-    feedback = next(item for item in received if STUDENT in item.rcpt_tos and item is not brief)
+    feedback = next(
+        item for item in received if STUDENT in item.rcpt_tos and item is not brief
+    )
     summary = next(item for item in received if INSTRUCTOR in item.rcpt_tos)
 
     message = feedback.message
@@ -168,7 +179,9 @@ async def test_reply_scenario_with_quoted_history(service: Service, sink: Sink) 
     )
     await send(service, reply)
     received = await sink.wait_for(lambda items: len(items) >= 4)
-    feedback = [item for item in received if item.message["In-Reply-To"] == reply["Message-ID"]]
+    feedback = [
+        item for item in received if item.message["In-Reply-To"] == reply["Message-ID"]
+    ]
     assert len(feedback) == 1
     with sqlite3.connect(service.config.service.database) as db:
         [(body,)] = db.execute("select body from attempts").fetchall()
@@ -178,13 +191,17 @@ async def test_reply_scenario_with_quoted_history(service: Service, sink: Sink) 
 
 async def test_stranger_gets_one_notice_per_day(service: Service, sink: Sink) -> None:
     for index in range(3):
-        message = compose(f"hello {index}", "Who are you?", sender="stranger@elsewhere.test")
+        message = compose(
+            f"hello {index}", "Who are you?", sender="stranger@elsewhere.test"
+        )
         message.replace_header("From", "stranger@elsewhere.test")
         await send(service, message)
     assert service.store is not None
     await sink.wait_for(lambda items: len(items) >= 1)
     with sqlite3.connect(service.config.service.database) as db:
-        rejected = db.execute("select count(*) from inbound where state = 'rejected'").fetchone()
+        rejected = db.execute(
+            "select count(*) from inbound where state = 'rejected'"
+        ).fetchone()
     # Give intake time to process all three before counting replies.
     await sink.wait_for(lambda items: True, timeout_s=0.5)
     assert len(sink.to("stranger@elsewhere.test")) == 1
@@ -195,9 +212,20 @@ async def test_other_students_token_not_accepted(service: Service, sink: Sink) -
     await send(service, compose("START 1", ""))
     [brief] = await sink.wait_for(lambda items: len(items) >= 1)
     counterpart = str(brief.message["Reply-To"]).strip("<>")
-    intruder = compose("Correction", "Dear Daniel,\n\nThe report is wrong.\n\nBen", to=counterpart, sender=OTHER)
+    intruder = compose(
+        "Correction",
+        "Dear Daniel,\n\nThe report is wrong.\n\nBen",
+        to=counterpart,
+        sender=OTHER,
+    )
     intruder.replace_header("From", f"Ben Okafor <{OTHER}>")
-    await aiosmtplib.send(intruder, sender=OTHER, recipients=[counterpart], hostname="127.0.0.1", port=service.port)
+    await aiosmtplib.send(
+        intruder,
+        sender=OTHER,
+        recipients=[counterpart],
+        hostname="127.0.0.1",
+        port=service.port,
+    )
     await sink.wait_for(lambda items: len(sink.to(OTHER)) >= 1)
     with sqlite3.connect(service.config.service.database) as db:
         states = db.execute("select state from attempts").fetchall()
