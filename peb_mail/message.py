@@ -92,16 +92,7 @@ def parse(raw: bytes) -> ParsedEmail:
         body_text = html_to_text("\n".join(parsed.text_html))
     reply = extract_reply(body_text)
 
-    attachments = tuple(
-        AttachmentInfo(
-            filename=str(item.get("filename") or "unnamed"),
-            content_type=str(
-                item.get("mail_content_type") or "application/octet-stream"
-            ),
-            size_bytes=_payload_size(item),
-        )
-        for item in parsed.attachments
-    )
+    attachments = _attachments(headers)
     subject = _decoded_header(headers, "Subject")
     return ParsedEmail(
         message_id=_first(parse_message_ids(_decoded_header(headers, "Message-ID"))),
@@ -165,12 +156,35 @@ def _decoded_header(headers: email.message.Message, name: str) -> str:
     return " ".join(text.split())
 
 
-def _payload_size(item: dict[str, object]) -> int:
-    payload = item.get("payload") or ""
-    if item.get("binary"):
-        # mail-parser keeps binary payloads base64-encoded: 4 chars per 3 bytes.
-        return len(str(payload).replace("\n", "")) * 3 // 4
-    return len(str(payload).encode("utf-8"))
+def _attachments(message: email.message.Message) -> tuple[AttachmentInfo, ...]:
+    """List attachments with their decoded sizes.
+
+    The standard library is used here because it decodes RFC 2231 file names
+    and reports the payload size after transfer decoding.
+    """
+    found = []
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        filename = part.get_filename()
+        if part.get_content_disposition() != "attachment" and not filename:
+            continue
+        payload = part.get_payload(decode=True)
+        found.append(
+            AttachmentInfo(
+                filename=_decode_words(filename) if filename else "unnamed",
+                content_type=part.get_content_type(),
+                size_bytes=len(payload) if isinstance(payload, bytes) else 0,
+            )
+        )
+    return tuple(found)
+
+
+def _decode_words(value: str) -> str:
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (LookupError, ValueError, UnicodeDecodeError):
+        return value
 
 
 def _first(values: tuple[str, ...]) -> str | None:
