@@ -1,0 +1,223 @@
+"""Grading worker: retries with backoff, giving up, lease takeover, one answer."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+
+import pytest
+
+from peb_mail.compose import Composer
+from peb_mail.config import Config
+from peb_mail.errors import GradingError, TemporaryGradingError
+from peb_mail.intake import Intake
+from peb_mail.models import Scenario, Submission, Verdict
+from peb_mail.offline_grader import OfflineGrader
+from peb_mail.scenarios import load_scenarios
+from peb_mail.store import Store
+from peb_mail.worker import GradingWorker
+
+from .conftest import DOMAIN, INSTRUCTOR, SERVICE, STUDENT, make_config
+
+ANSWER = "Dear Daniel,\n\nThe March revenue for North is $14,200, not $12,400.\n\nBest regards,\nAna"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FailingGrader:
+    """Grader that fails a set number of times, then grades offline."""
+
+    name = "failing"
+
+    def __init__(
+        self, failures: int, error: type[GradingError] = TemporaryGradingError
+    ) -> None:
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+
+    async def grade(self, scenario: Scenario, submission: Submission) -> Verdict:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error(f"model unavailable (call {self.calls})")
+        return await OfflineGrader().grade(scenario, submission)
+
+
+@dataclass
+class Setup:
+    config: Config
+    store: Store
+    clock: Clock
+    scenarios: list[Scenario]
+    submission_id: str
+
+    def worker(self, grader: object, name: str = "w1") -> GradingWorker:
+        return GradingWorker(
+            store=self.store,
+            composer=Composer(self.config),
+            grader=grader,  # type: ignore[arg-type]
+            scenarios=self.scenarios,
+            config=self.config,
+            name=name,
+        )
+
+    async def emails(self, kind: str) -> list[EmailMessage]:
+        return [
+            email.message_from_bytes(item.raw, policy=email.policy.default)  # type: ignore[misc]
+            for item in await self.store.list_outbox(limit=1000)
+            if item.kind == kind
+        ]
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    config = make_config(
+        tmp_path, queue={"max_tries": 3, "lease_s": 60.0, "backoff_base_s": 10.0}
+    )
+    clock = Clock()
+    store = await Store.open(config.service.database, clock=clock)
+    scenarios = load_scenarios(config.service.scenarios_dir)
+    await store.upsert_students([(STUDENT, "Ana Silva", "demo")], {})
+    intake = Intake(store, Composer(config), scenarios, config)
+
+    async def deliver(message: EmailMessage, rcpt: str) -> None:
+        inbound_id = await store.ingest(
+            peer="p",
+            mail_from=STUDENT,
+            rcpt_tos=[rcpt],
+            message_id=str(message["Message-ID"]).strip("<>"),
+            raw=message.as_bytes(),
+        )
+        assert inbound_id is not None
+        await intake.process(inbound_id)
+
+    start = EmailMessage()
+    start["From"], start["To"], start["Subject"] = STUDENT, SERVICE, "START 1"
+    start["Message-ID"] = make_msgid(domain="student.test")
+    start.set_content("")
+    await deliver(start, SERVICE)
+    [attempt_row] = await store.list_attempts()
+    attempt = await store.attempt(attempt_row["id"])
+    assert attempt is not None
+    address = f"daniel.okafor+{attempt.token}@{DOMAIN}"
+    submission = EmailMessage()
+    submission["From"], submission["To"], submission["Subject"] = (
+        STUDENT,
+        address,
+        "Correction",
+    )
+    submission["Message-ID"] = make_msgid(domain="student.test")
+    submission.set_content(ANSWER)
+    await deliver(submission, address)
+    yield Setup(config, store, clock, scenarios, str(submission["Message-ID"]))
+    await store.close()
+
+
+async def test_temporary_failure_retried_after_backoff(setup: Setup) -> None:
+    grader = FailingGrader(failures=1)
+    worker = setup.worker(grader)
+    assert await worker.run_once()
+    [job] = await setup.store.list_jobs()
+    assert job.state == "queued"
+    assert "model unavailable" in (job.last_error or "")
+    assert not await worker.run_once()
+    setup.clock.now += 10.0
+    assert await worker.run_once()
+    [job] = await setup.store.list_jobs()
+    assert job.state == "done"
+    assert job.tries == 2
+    assert len(await setup.emails("feedback")) == 1
+
+
+async def test_out_of_tries_fails_and_tells_student(setup: Setup) -> None:
+    grader = FailingGrader(failures=10)
+    worker = setup.worker(grader)
+    for _ in range(3):
+        assert await worker.run_once()
+        setup.clock.now += 3600.0
+    [job] = await setup.store.list_jobs()
+    attempt = await setup.store.attempt(job.attempt_id)
+    [notice] = await setup.emails("notice")
+    assert job.state == "failed"
+    assert job.tries == 3
+    assert grader.calls == 3
+    assert attempt is not None and attempt.state == "failed"
+    assert "delayed" in notice.get_content()
+    assert notice["In-Reply-To"] == setup.submission_id
+    assert await setup.emails("feedback") == []
+
+
+async def test_expired_lease_taken_over_once(setup: Setup) -> None:
+    # A worker that died holds the lease; nobody may grade until it expires.
+    dead = await setup.store.claim_job("dead-worker", lease_s=60.0)
+    assert dead is not None
+    grader = FailingGrader(failures=0)
+    worker = setup.worker(grader, name="w2")
+    assert not await worker.run_once()
+    setup.clock.now += 61.0
+    assert await worker.run_once()
+    [job] = await setup.store.list_jobs()
+    assert job.state == "done"
+    assert job.tries == 2
+    assert grader.calls == 1
+    assert len(await setup.emails("feedback")) == 1
+
+
+async def test_lost_lease_discards_result(setup: Setup) -> None:
+    slow = await setup.store.claim_job("slow-worker", lease_s=60.0)
+    assert slow is not None
+    setup.clock.now += 61.0
+    fast = setup.worker(FailingGrader(failures=0), name="fast")
+    assert await fast.run_once()
+    late = setup.worker(FailingGrader(failures=0), name="slow-worker")
+    # The slow worker finishes after the takeover: its result must be dropped.
+    outcome = await late._finish(  # noqa: SLF001 - the race needs this exact step
+        slow,
+        await setup.store.attempt(slow.attempt_id),  # type: ignore[arg-type]
+        (await setup.store.list_students())[0],
+        setup.scenarios[0],
+        await OfflineGrader().grade(
+            setup.scenarios[0], Submission("s", ANSWER, "Ana Silva")
+        ),
+    )
+    assert outcome == "lease lost, result discarded"
+    assert len(await setup.emails("feedback")) == 1
+
+
+async def test_feedback_and_summary_commit_together(setup: Setup) -> None:
+    worker = setup.worker(OfflineGrader())
+    assert await worker.run_once()
+    [feedback] = await setup.emails("feedback")
+    [summary] = await setup.emails("summary")
+    [job] = await setup.store.list_jobs()
+    assert job.state == "done"
+    assert feedback["In-Reply-To"] == setup.submission_id
+    assert INSTRUCTOR in str(summary["To"])
+    assert feedback["Reply-To"].addresses[0].addr_spec.startswith("reply+")
+
+
+async def test_cc_delivery_copies_instructors(tmp_path: Path, setup: Setup) -> None:
+    config = make_config(tmp_path, instructors={"delivery": "cc"})
+    worker = GradingWorker(
+        store=setup.store,
+        composer=Composer(config),
+        grader=OfflineGrader(),
+        scenarios=setup.scenarios,
+        config=config,
+        name="cc",
+    )
+    assert await worker.run_once()
+    [feedback] = await setup.emails("feedback")
+    assert INSTRUCTOR in str(feedback["Cc"])
+    assert await setup.emails("summary") == []
