@@ -38,7 +38,9 @@ def backoff_delay_s(
     The result is scaled by a random factor in [0.5, 1.0) so that many jobs
     failing together do not all come back at the same moment.
     """
-    delay = min(max_s, base_s * 2 ** max(0, tries - 1))
+    # Cap the exponent first: 2 ** 1100 does not fit in a float.
+    exponent = min(max(0, tries - 1), 64)
+    delay = min(max_s, base_s * 2**exponent)
     return delay * (0.5 + rand() / 2)
 
 
