@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import csv
 import datetime as dt
+import io
 import json
 import logging
 import re
@@ -25,7 +26,7 @@ from .models import CRITERION_LABELS, Verdict
 logger = logging.getLogger(__name__)
 
 _EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[a-z0-9-]+(\.[a-z0-9-]+)+$")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 console = Console()
 
@@ -61,15 +62,25 @@ def _print_rows(
 def read_roster(path: Path) -> tuple[list[tuple[str, str, str]], dict[str, list[str]]]:
     """Read and validate a roster CSV; raises ConfigError listing every bad row."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"roster file {str(path)!r} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"roster path {str(path)!r} is a folder; give the CSV file"
+        ) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path}: not valid UTF-8 ({exc}); save the file as UTF-8 CSV"
         ) from exc
-    reader = csv.DictReader(text.splitlines())
+    # newline="" lets the csv module see CR and LF inside quoted fields, so a
+    # name with a line break is reported instead of silently joined.
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [name.strip().lower() for name in (reader.fieldnames or [])]
+    if not header:
+        raise ConfigError(
+            f"{path}: the file is empty; the first line must be email,name,cohort"
+        )
     missing = {"email", "name", "cohort"} - set(header)
     if missing:
         raise ConfigError(
@@ -80,7 +91,17 @@ def read_roster(path: Path) -> tuple[list[tuple[str, str, str]], dict[str, list[
     instructors: dict[str, list[str]] = {}
     errors: list[str] = []
     seen: set[str] = set()
-    for line_number, raw in enumerate(reader, start=2):
+    for raw in reader:
+        # line_num is where the row ends; a quoted field may span lines.
+        values = [value for value in raw.values() if isinstance(value, str)]
+        line_number = reader.line_num - sum(_line_breaks(value) for value in values)
+        if None in raw:
+            errors.append(
+                f"line {line_number}: {len(raw[None]) + len(header)} fields in "
+                f"{','.join(str(v) for v in raw.values() if isinstance(v, str))!r}..., "
+                f"expected {len(header)}; put a name that contains a comma in double quotes"
+            )
+            continue
         row = {
             (key or "").strip().lower(): (value or "").strip()
             for key, value in raw.items()
@@ -127,6 +148,10 @@ def read_roster(path: Path) -> tuple[list[tuple[str, str, str]], dict[str, list[
     if not rows:
         raise ConfigError(f"{path}: no students found below the header line")
     return rows, instructors
+
+
+def _line_breaks(value: str) -> int:
+    return len(re.findall(r"\r\n|\r|\n", value))
 
 
 # -- commands ---------------------------------------------------------------
@@ -225,7 +250,7 @@ async def cmd_attempts_list(args: argparse.Namespace, config: Config) -> int:
             student = await store.student_by_email(args.student)
             if student is None:
                 raise NotFoundError(
-                    f"no student with email {args.student!r}; see peb-mail roster list"
+                    f"student {args.student!r} not found; see peb-mail roster list"
                 )
             student_id = student.id
         rows = [dict(row) for row in await store.list_attempts(student_id)]
@@ -259,7 +284,7 @@ async def cmd_attempts_show(args: argparse.Namespace, config: Config) -> int:
         attempt = await store.attempt(args.id)
         if attempt is None:
             raise NotFoundError(
-                f"no attempt with id {args.id}; see peb-mail attempts list"
+                f"attempt {args.id} not found; see peb-mail attempts list"
             )
         student = await store.student_by_id(attempt.student_id)
         emails = await store.outbox_for_attempt(attempt.id)
@@ -428,14 +453,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"peb-mail {__version__}"
     )
+    config_help = "config file (default: $PEB_MAIL_CONFIG or ./config.toml)"
+    parser.add_argument("--config", metavar="PATH", help=config_help)
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log at DEBUG level"
+    )
+    # The same options after the command; SUPPRESS keeps a value given before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config",
-        metavar="PATH",
-        help="config file (default: $PEB_MAIL_CONFIG or ./config.toml)",
+        "--config", metavar="PATH", help=config_help, default=argparse.SUPPRESS
     )
     common.add_argument(
-        "-v", "--verbose", action="store_true", help="log at DEBUG level"
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log at DEBUG level",
+        default=argparse.SUPPRESS,
     )
     listing = argparse.ArgumentParser(add_help=False)
     listing.add_argument(

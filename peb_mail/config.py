@@ -139,8 +139,8 @@ def load_config(path: Path | str | None = None) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
-            f"config file {str(path)!r} not found: pass --config PATH or run "
-            "'peb-mail init' to write one"
+            f"config file {str(path)!r} not found: pass --config PATH with an "
+            "existing file, or copy config.toml from the peb-mail source folder"
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
