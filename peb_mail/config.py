@@ -33,6 +33,8 @@ class ServiceConfig:
     database: Path = Path("var/peb-mail.sqlite3")
     scenarios_dir: Path = Path("scenarios")
     prompts_dir: Path = Path("prompts")
+    # How long a stop (SIGTERM, Ctrl-C) may take before busy work is cancelled.
+    stop_timeout_s: float = 20.0
 
     @property
     def service_address(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -33,6 +34,18 @@ class PebSMTP(SMTP):
     # email, so allow 64 KiB per line, which still bounds memory per line.
     line_length_limit = 65536
 
+    def __init__(self, handler: IntakeHandler, *args: Any, **kwargs: Any) -> None:
+        super().__init__(handler, *args, **kwargs)
+        self.sessions = handler.sessions
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.sessions.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.sessions.discard(self)
+        super().connection_lost(error)
+
     def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
         result = super()._getparams(params)
         if result is not None:
@@ -50,6 +63,8 @@ class IntakeHandler:
         self.store = store
         self.domain = domain.lower()
         self.on_stored = on_stored
+        # Open SMTP sessions, so a stop can wait for them to finish.
+        self.sessions: set[PebSMTP] = set()
 
     async def handle_RCPT(
         self,
@@ -100,9 +115,39 @@ def _peer_text(peer: object) -> str:
     return str(peer)
 
 
+class Listener:
+    """The running SMTP server and its open sessions."""
+
+    def __init__(self, server: asyncio.Server, handler: IntakeHandler) -> None:
+        self.server = server
+        self.handler = handler
+
+    @property
+    def port(self) -> int:
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self, timeout_s: float) -> int:
+        """Stop accepting, wait up to ``timeout_s`` for open sessions, then drop them.
+
+        Returns how many sessions were still open at the deadline. A session
+        dropped before its 250 is retried by the sending server, so no mail
+        is lost.
+        """
+        self.server.close()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.handler.sessions and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        left = list(self.handler.sessions)
+        for session in left:
+            if session.transport is not None:
+                session.transport.close()
+        await self.server.wait_closed()
+        return len(left)
+
+
 async def start_listener(
     config: Config, store: Store, on_stored: Callable[[], None]
-) -> asyncio.Server:
+) -> Listener:
     """Start listening on the configured host and port; port 0 picks a free one."""
     handler = IntakeHandler(store, config.service.domain, on_stored)
 
@@ -117,6 +162,7 @@ async def start_listener(
         )
 
     loop = asyncio.get_running_loop()
-    return await loop.create_server(
+    server = await loop.create_server(
         factory, host=config.listener.host, port=config.listener.port
     )
+    return Listener(server, handler)

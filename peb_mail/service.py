@@ -12,7 +12,7 @@ from . import __version__
 from .compose import Composer
 from .config import Config
 from .intake import Intake
-from .listener import start_listener
+from .listener import Listener, start_listener
 from .models import Grader, Scenario
 from .scenarios import load_scenarios
 from .sender import Sender, make_transport
@@ -55,7 +55,7 @@ class Service:
         self.sending_wake = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
         self.store: Store | None = None
-        self.server: asyncio.Server | None = None
+        self.listener: Listener | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -63,8 +63,8 @@ class Service:
         self.store = await Store.open(config.service.database)
         # The listener starts first so mail is accepted before the slower parts
         # (templates, the model client) are ready.
-        self.server = await start_listener(config, self.store, self.intake_wake.set)
-        self.port = self.server.sockets[0].getsockname()[1]
+        self.listener = await start_listener(config, self.store, self.intake_wake.set)
+        self.port = self.listener.port
         if config.listener.port_file:
             config.listener.port_file.parent.mkdir(parents=True, exist_ok=True)
             config.listener.port_file.write_text(f"{self.port}\n")
@@ -150,22 +150,43 @@ class Service:
                 self.intake_wake, self.stop_event, self.config.queue.poll_interval_s
             )
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop accepting mail, let running tasks finish their step, then close."""
-        logger.info("stopping")
-        if self.server is not None:
-            self.server.close()
+    async def stop(self) -> None:
+        """Stop in order, within ``service.stop_timeout_s`` in all.
+
+        First the listener stops accepting and open SMTP sessions get half the
+        time to finish. Then intake, the workers and the sender finish their
+        current step. A worker still grading at the deadline is cancelled and
+        releases its lease, so the job is taken over at once on restart.
+        """
+        budget_s = self.config.service.stop_timeout_s
+        started = time.monotonic()
+        logger.info("stopping: no new SMTP sessions; waiting up to %.0fs", budget_s)
+        if self.listener is not None:
+            dropped = await self.listener.close(budget_s / 2)
+            if dropped:
+                logger.warning(
+                    "closed %d SMTP sessions that did not finish in time", dropped
+                )
         self.stop_event.set()
         if self.tasks:
-            done, pending = await asyncio.wait(self.tasks, timeout=timeout_s)
+            remaining_s = max(0.1, budget_s - (time.monotonic() - started))
+            _, pending = await asyncio.wait(self.tasks, timeout=remaining_s)
             for task in pending:
+                logger.warning(
+                    "cancelling %s, still busy at the stop deadline", task.get_name()
+                )
                 task.cancel()
             for task in pending:
                 with suppress(asyncio.CancelledError):
                     await task
         if self.store is not None:
             counts = await self.store.counts()
-            logger.info("stopped; jobs %s; outbox %s", counts["jobs"], counts["outbox"])
+            logger.info(
+                "stopped in %.1fs; jobs %s; outbox %s",
+                time.monotonic() - started,
+                counts["jobs"],
+                counts["outbox"],
+            )
             await self.store.close()
 
 

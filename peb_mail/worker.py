@@ -131,6 +131,15 @@ class GradingWorker:
         )
         try:
             verdict = await self.grader.grade(scenario, submission)
+        except asyncio.CancelledError:
+            # Stopping: hand the job back now instead of waiting for the lease
+            # to expire. The try still counts.
+            await asyncio.shield(
+                self.store.release_job(
+                    job, self.name, delay_s=0.0, error="stopped during grading"
+                )
+            )
+            raise
         except GradingError as exc:
             return await self._retry_or_give_up(job, f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # a grader bug must not kill the worker

@@ -49,11 +49,10 @@ async def listener(tmp_path: Path) -> AsyncIterator[Running]:
     def on_stored() -> None:
         running.stored += 1
 
-    server = await start_listener(config, store, on_stored)
-    running.port = server.sockets[0].getsockname()[1]
+    listener = await start_listener(config, store, on_stored)
+    running.port = listener.port
     yield running
-    server.close()
-    await server.wait_closed()
+    await listener.close(timeout_s=1.0)
     await store.close()
 
 
