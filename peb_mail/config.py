@@ -35,6 +35,8 @@ class ServiceConfig:
     prompts_dir: Path = Path("prompts")
     # How long a stop (SIGTERM, Ctrl-C) may take before busy work is cancelled.
     stop_timeout_s: float = 20.0
+    # How long a database write waits for another process's lock.
+    busy_timeout_s: float = 10.0
 
     @property
     def service_address(self) -> str:

@@ -60,7 +60,9 @@ class Service:
 
     async def start(self) -> None:
         config = self.config
-        self.store = await Store.open(config.service.database)
+        self.store = await Store.open(
+            config.service.database, busy_timeout_s=config.service.busy_timeout_s
+        )
         # The listener starts first so mail is accepted before the slower parts
         # (templates, the model client) are ready.
         self.listener = await start_listener(config, self.store, self.intake_wake.set)

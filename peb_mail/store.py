@@ -203,11 +203,15 @@ class Store:
         self.clock = clock
 
     @classmethod
-    async def open(cls, path: Path, clock: Clock = time.time) -> Store:
+    async def open(
+        cls, path: Path, clock: Clock = time.time, busy_timeout_s: float = 10.0
+    ) -> Store:
+        """Open (and create) the database; ``busy_timeout_s`` is how long a
+        statement waits for another process's write lock before failing."""
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
         db.row_factory = sqlite3.Row
-        await db.execute("pragma busy_timeout = 10000")
+        await db.execute(f"pragma busy_timeout = {int(busy_timeout_s * 1000)}")
         await db.execute("pragma journal_mode = wal")
         # FULL makes each commit durable against power loss in WAL mode, which
         # is what "250 means stored" needs.

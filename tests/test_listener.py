@@ -43,7 +43,7 @@ class Running:
 @pytest.fixture
 async def listener(tmp_path: Path) -> AsyncIterator[Running]:
     config = make_config(tmp_path, listener={"max_message_bytes": 4096})
-    store = await Store.open(config.service.database)
+    store = await Store.open(config.service.database, busy_timeout_s=0.2)
     running = Running(config, store, 0)
 
     def on_stored() -> None:
@@ -182,3 +182,89 @@ async def test_concurrent_sessions_all_stored(listener: Running) -> None:
 
     await asyncio.gather(*(deliver(index) for index in range(20)))
     assert len(listener.rows()) == 20
+
+
+async def test_locked_database_answers_451(listener: Running) -> None:
+    other = sqlite3.connect(listener.config.service.database, isolation_level=None)
+    other.execute("begin exclusive")
+    try:
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await aiosmtplib.send(
+                MESSAGE,
+                sender=STUDENT,
+                recipients=[SERVICE],
+                hostname="127.0.0.1",
+                port=listener.port,
+            )
+    finally:
+        other.execute("rollback")
+        other.close()
+    assert refused.value.code == 451
+    assert listener.rows() == []
+    assert listener.stored == 0
+
+
+async def test_full_disk_answers_451(listener: Running) -> None:
+    # max_page_count makes SQLite fail with SQLITE_FULL, as a full disk does.
+    # The test reaches into the store's own connection because the pragma
+    # applies per connection.
+    pages = list(await listener.store._db.execute_fetchall("pragma page_count"))  # noqa: SLF001
+    await listener.store._db.execute(f"pragma max_page_count = {pages[0][0]}")  # noqa: SLF001
+    big = MESSAGE + (b"y" * 70 + b"\r\n") * 50
+    replies = []
+    for index in range(3):
+        raw = big.replace(b"<m1@", f"<full{index}@".encode())
+        try:
+            await aiosmtplib.send(
+                raw,
+                sender=STUDENT,
+                recipients=[SERVICE],
+                hostname="127.0.0.1",
+                port=listener.port,
+            )
+            replies.append(250)
+        except aiosmtplib.SMTPDataError as exc:
+            assert "full" not in exc.message
+            replies.append(exc.code)
+    # The free room left in existing pages may hold one message; after that
+    # every delivery must be refused with 451, never acknowledged.
+    assert 451 in replies
+    assert set(replies) <= {250, 451}
+    assert len(listener.rows()) == replies.count(250)
+
+
+async def test_read_only_database_answers_451(listener: Running) -> None:
+    await listener.store._db.execute("pragma query_only = 1")  # noqa: SLF001
+    with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+        await aiosmtplib.send(
+            MESSAGE,
+            sender=STUDENT,
+            recipients=[SERVICE],
+            hostname="127.0.0.1",
+            port=listener.port,
+        )
+    await listener.store._db.execute("pragma query_only = 0")  # noqa: SLF001
+    assert refused.value.code == 451
+    assert listener.rows() == []
+
+
+async def test_store_recovers_after_failure(listener: Running) -> None:
+    await listener.store._db.execute("pragma query_only = 1")  # noqa: SLF001
+    with pytest.raises(aiosmtplib.SMTPDataError):
+        await aiosmtplib.send(
+            MESSAGE,
+            sender=STUDENT,
+            recipients=[SERVICE],
+            hostname="127.0.0.1",
+            port=listener.port,
+        )
+    await listener.store._db.execute("pragma query_only = 0")  # noqa: SLF001
+    errors, _ = await aiosmtplib.send(
+        MESSAGE,
+        sender=STUDENT,
+        recipients=[SERVICE],
+        hostname="127.0.0.1",
+        port=listener.port,
+    )
+    assert errors == {}
+    assert len(listener.rows()) == 1
