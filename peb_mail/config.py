@@ -93,6 +93,8 @@ class OutboxConfig:
     max_tries: int = 10
     backoff_base_s: float = 10.0
     backoff_max_s: float = 1800.0
+    # An email still failing this long after it was queued is marked dead.
+    dead_after_s: float = 172800.0
     poll_interval_s: float = 1.0
 
     @property

@@ -174,6 +174,19 @@ class Sender:
         )
 
     async def _retry(self, item: OutboxEmail, error: str) -> None:
+        age_s = self.store.clock() - (item.revived_at or item.created_at)
+        if age_s >= self.config.dead_after_s:
+            logger.warning(
+                "outbox %d (%s) dead: still failing after %.0fs: %s",
+                item.id,
+                item.kind,
+                age_s,
+                error,
+            )
+            await self.store.mark_dead(
+                item.id, f"gave up after {age_s:.0f}s and {item.tries} tries: {error}"
+            )
+            return
         if item.tries >= self.config.max_tries:
             logger.warning(
                 "outbox %d (%s) dead after %d tries: %s",

@@ -106,6 +106,8 @@ create table if not exists outbox (
     lease_expires_at real,
     last_error text,
     created_at real not null,
+    -- Set by "outbox retry": the dead-after age counts from here.
+    revived_at real,
     sent_at real
 );
 create index if not exists outbox_ready on outbox (state, not_before);
@@ -174,6 +176,7 @@ class OutboxEmail:
     last_error: str | None
     created_at: float
     sent_at: float | None
+    revived_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -510,9 +513,9 @@ class Store:
         async with self.transaction() as db:
             sql = (
                 "update outbox set state = 'pending', tries = 0, not_before = ?, "
-                "lease_expires_at = null where state = 'dead'"
+                "revived_at = ?, lease_expires_at = null where state = 'dead'"
             )
-            params: list[Any] = [self.clock()]
+            params: list[Any] = [self.clock(), self.clock()]
             if email_ids is not None:
                 sql += f" and id in ({','.join('?' * len(email_ids))})"
                 params.extend(email_ids)

@@ -139,8 +139,11 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def smtp_config(port: int, max_tries: int = 10) -> OutboxConfig:
+def smtp_config(
+    port: int, max_tries: int = 10, dead_after_s: float = 172800.0
+) -> OutboxConfig:
     return OutboxConfig(
+        dead_after_s=dead_after_s,
         transport="smtp",
         smarthost_host="127.0.0.1",
         smarthost_port=port,
@@ -325,6 +328,26 @@ async def test_smtp_dead_after_max_tries(
     assert email.state == "dead"
     assert email.tries == 3
     assert (email.last_error or "").startswith("gave up after 3 tries")
+
+
+async def test_smtp_dead_after_max_age(
+    store: Store, clock: FakeClock, closed_port: int
+) -> None:
+    await queue_email(store)
+    config = smtp_config(closed_port, max_tries=100, dead_after_s=3600.0)
+    sender = Sender(store, SmtpTransport(config), config)
+    assert await sender.run_once() == 1
+    assert (await only_email(store)).state == "pending"
+    clock.advance(3600.0)
+    assert await sender.run_once() == 1
+    email = await only_email(store)
+    assert email.state == "dead"
+    assert email.tries == 2
+    assert (email.last_error or "").startswith("gave up after 3600s")
+    # A revived email gets a new age limit, not an instant second death.
+    assert await store.retry_outbox(None) == 1
+    assert await sender.run_once() == 1
+    assert (await only_email(store)).state == "pending"
 
 
 async def test_retry_outbox_redelivers(store: Store, smarthost: Smarthost) -> None:
