@@ -8,6 +8,7 @@ mail-parser normalises them in ways that lose detail.
 from __future__ import annotations
 
 import email
+import email.errors
 import email.header
 import email.policy
 import email.utils
@@ -130,13 +131,39 @@ def classify_automatic(headers: email.message.Message, subject: str) -> str | No
     return None
 
 
+class SenderError(ValueError):
+    """The From header does not name exactly one clear sender."""
+
+
 def _single_from(values: list[str]) -> tuple[str, str]:
-    addresses = email.utils.getaddresses([str(value) for value in values])
-    addresses = [(name, addr) for name, addr in addresses if addr]
-    if len(addresses) != 1 or "@" not in addresses[0][1]:
-        raise ValueError(f"expected one From address, found {len(addresses)}")
-    name, address = addresses[0]
-    return name.strip(), address.strip().lower()
+    """Return (display name, address) of the one sender, or raise SenderError.
+
+    Two parsers must agree: the standard library's lenient ``getaddresses``
+    and its strict header registry. Mail is never attributed to an address
+    when they disagree, when the header has defects, or when the display name
+    carries an address of its own (a common way to pose as someone else).
+    """
+    if len(values) != 1:
+        raise SenderError(f"expected one From header, found {len(values)}")
+    raw = str(values[0])
+    lenient = [(name, addr) for name, addr in email.utils.getaddresses([raw]) if addr]
+    if len(lenient) != 1:
+        raise SenderError(f"expected one From address, found {len(lenient)}")
+    try:
+        header = email.policy.default.header_factory("From", raw)
+        strict = list(header.addresses)  # type: ignore[attr-defined]
+        defects = [d for d in header.defects if isinstance(d, email.errors.InvalidHeaderDefect)]  # type: ignore[attr-defined]
+    except (IndexError, ValueError, TypeError) as exc:
+        raise SenderError(f"unreadable From header: {exc}") from exc
+    if defects or len(strict) != 1:
+        raise SenderError("malformed From header")
+    address = strict[0].addr_spec.strip().lower()
+    if address != lenient[0][1].strip().lower() or "@" not in address:
+        raise SenderError("From header parsers disagree on the address")
+    name = strict[0].display_name.strip()
+    if "@" in name:
+        raise SenderError("display name contains an address")
+    return name, address
 
 
 def _decoded_header(headers: email.message.Message, name: str) -> str:
