@@ -41,6 +41,12 @@ class KeyPoint:
 
     text: str
     keywords: tuple[str, ...] = ()
+    # A sentence in the student's voice that makes this point, used in the
+    # offline grader's model answer ("I can send the update by 5 pm today.").
+    example: str = ""
+    # What the counterpart asks, in character, when the point is missing
+    # ("Which of those times works for Omar?").
+    question: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,9 @@ class Scenario:
     # the student's first name.
     starter_body: str | None = None
     artefacts: tuple[Artefact, ...] = ()
+    # True when the situation is the student's own mistake, so the grader
+    # expects an apology and responsibility ("I made a mistake").
+    student_error: bool = False
     source_path: Path | None = None
 
 
@@ -135,6 +144,9 @@ class Verdict:
     counterpart_reply: str
     grader: str
     usage: dict[str, Any] = field(default_factory=dict)
+    # Labels from peb_mail.precheck, such as "suspected-injection", for the
+    # teacher.
+    flags: tuple[str, ...] = ()
 
     @property
     def total(self) -> int:

@@ -51,6 +51,7 @@ TOP_LEVEL_REQUIRED = (
 )
 TOP_LEVEL_OPTIONAL = (
     "order",
+    "student_error",
     "starter_subject",
     "starter_body",
     "key_facts",
@@ -58,6 +59,7 @@ TOP_LEVEL_OPTIONAL = (
 )
 COUNTERPART_REQUIRED = ("name", "role", "local_part", "style", "knows")
 KEY_POINT_REQUIRED = ("text", "keywords")
+KEY_POINT_OPTIONAL = ("example", "question")
 ARTEFACT_REQUIRED = ("name",)
 ARTEFACT_OPTIONAL = ("text", "file", "content_type")
 
@@ -196,9 +198,19 @@ def _load_with_order(path: Path) -> tuple[int, Scenario]:
         starter_subject=starter_subject,
         starter_body=starter_body,
         artefacts=_read_artefacts(path, data),
+        student_error=_read_bool(path, data, "student_error"),
         source_path=path.resolve(),
     )
     return order, scenario
+
+
+def _read_bool(path: Path, data: dict[str, Any], key: str) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f'{path}: key "{key}" must be true or false, got {_show(value)}'
+        )
+    return value
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -312,11 +324,17 @@ def _read_key_points(
 ) -> tuple[KeyPoint, ...]:
     points = []
     for prefix, table in _read_table_list(path, data, key):
-        _check_keys(path, table, prefix, KEY_POINT_REQUIRED, ())
+        _check_keys(path, table, prefix, KEY_POINT_REQUIRED, KEY_POINT_OPTIONAL)
         points.append(
             KeyPoint(
                 text=_read_text(path, table, "text", prefix),
                 keywords=_read_string_list(path, table, "keywords", prefix),
+                example=_read_text(path, table, "example", prefix)
+                if "example" in table
+                else "",
+                question=_read_text(path, table, "question", prefix)
+                if "question" in table
+                else "",
             )
         )
     return tuple(points)
