@@ -5,6 +5,7 @@ The tree, split by what the caller should do::
     PebMailError
     ├── ConfigError            bad config.toml, roster or scenario file: fix the input
     ├── NotFoundError          unknown student, attempt, scenario or outbox id
+    ├── ListenError            the SMTP listener cannot bind its address
     ├── GradingError           no usable verdict; the job may be tried again
     │   └── TemporaryGradingError   model busy, rate-limited or timed out
     └── DeliveryError          outbound mail failed
@@ -27,12 +28,23 @@ class NotFoundError(PebMailError):
     """A named record does not exist."""
 
 
+class ListenError(PebMailError):
+    """The listener could not bind its host and port."""
+
+
 class GradingError(PebMailError):
     """The grader could not produce a complete, valid verdict."""
 
 
 class TemporaryGradingError(GradingError):
-    """The model provider failed in a way that may pass (429, 5xx, timeout)."""
+    """The model provider failed in a way that may pass (429, 5xx, timeout).
+
+    ``retry_after_s`` is the wait in seconds the provider asked for, when known.
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeliveryError(PebMailError):

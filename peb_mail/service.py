@@ -11,6 +11,7 @@ from contextlib import suppress
 from . import __version__
 from .compose import Composer
 from .config import Config
+from .errors import ListenError
 from .intake import Intake
 from .listener import Listener, start_listener
 from .models import Grader, Scenario
@@ -65,7 +66,18 @@ class Service:
         )
         # The listener starts first so mail is accepted before the slower parts
         # (templates, the model client) are ready.
-        self.listener = await start_listener(config, self.store, self.intake_wake.set)
+        try:
+            self.listener = await start_listener(
+                config, self.store, self.intake_wake.set
+            )
+        except OSError as exc:
+            await self.store.close()
+            self.store = None
+            raise ListenError(
+                f"cannot listen on {config.listener.host}:{config.listener.port}: "
+                f"{exc.strerror or exc}; stop the other program on that port or "
+                "change listener.port"
+            ) from exc
         self.port = self.listener.port
         if config.listener.port_file:
             config.listener.port_file.parent.mkdir(parents=True, exist_ok=True)

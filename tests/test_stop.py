@@ -12,6 +12,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
+from peb_mail.errors import ListenError
 from peb_mail.service import Service
 
 from .conftest import DOMAIN, SERVICE, STUDENT, Sink, make_config, smtp_outbox
@@ -107,3 +108,17 @@ async def test_stop_releases_grading_lease(
         ).fetchall()
     assert jobs == [("queued", None, 1, "stopped during grading")]
     assert elapsed < 4.0
+
+
+async def test_port_in_use_fails_cleanly(tmp_path: Path) -> None:
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = blocker.sockets[0].getsockname()[1]
+    try:
+        service = Service(make_config(tmp_path, listener={"port": port}))
+        with pytest.raises(ListenError) as failed:
+            await service.start()
+    finally:
+        blocker.close()
+    assert f"127.0.0.1:{port}" in str(failed.value)
+    assert "listener.port" in str(failed.value)
+    assert service.store is None
