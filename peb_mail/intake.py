@@ -184,8 +184,10 @@ class Intake:
                 db,
                 parsed,
                 None,
-                "We could not find your address in our list of students. Please ask "
-                "your teacher to add you. Then write to us again.",
+                f"We could not find the address {parsed.from_address} in our list "
+                "of students. If your teacher added you with another address, please "
+                "write from that address. If not, please ask your teacher to add you.",
+                show_help=False,
             )
             return await self._finish(
                 db, inbound_id, "rejected", "sender not enrolled", None, None
@@ -193,7 +195,8 @@ class Intake:
 
         to_service = self.config.service.service_address in rcpt_tos
         command = parse_command(parsed.subject, parsed.new_text) if to_service else None
-        attempt = None if command else await self._match(db, student, parsed, rcpt_tos)
+        matched = None if command else await self._match(db, student, parsed, rcpt_tos)
+        attempt, replied_to = matched if matched else (None, None)
 
         if command:
             attempt_id = await self._run_command(db, command, student, parsed)
@@ -204,6 +207,16 @@ class Intake:
                 f"command {command.name}",
                 student.id,
                 attempt_id,
+            )
+        if attempt is not None and replied_to == "brief" and attempt.state == "open":
+            await self._explain_brief_reply(db, parsed, student, attempt)
+            return await self._finish(
+                db,
+                inbound_id,
+                "processed",
+                "reply to the brief, not graded",
+                student.id,
+                attempt.id,
             )
         if attempt is not None:
             return await self._submit(db, inbound_id, parsed, student, attempt)
@@ -229,25 +242,69 @@ class Intake:
         student: Student,
         parsed: ParsedEmail,
         rcpt_tos: list[str],
-    ) -> Attempt | None:
-        """Find the attempt a message answers: thread ids, then token, then the only open one."""
-        thread_ids = [*parsed.references, *parsed.in_reply_to]
-        attempt_id = await sql.attempt_for_message_ids(db, thread_ids)
-        if attempt_id is not None:
-            attempt = await sql.fetch_attempt(db, attempt_id)
+    ) -> tuple[Attempt, str | None] | None:
+        """Find the attempt a message answers, and the kind of email it replies to.
+
+        Thread ids come first, then a token in a recipient address, then the
+        sender's only open attempt. The kind is "brief", "starter", "feedback"
+        and so on for a thread match, else None.
+        """
+        known_id = await sql.closest_known_id(
+            db, [*parsed.references, *parsed.in_reply_to]
+        )
+        if known_id is not None:
+            attempt_id = await sql.attempt_for_message_ids(db, [known_id])
+            attempt = await sql.fetch_attempt(db, attempt_id) if attempt_id else None
             if attempt and attempt.student_id == student.id:
-                return attempt
+                return attempt, await sql.thread_kind(db, known_id)
         for address in rcpt_tos:
             token = token_of(address, self.domain)
             if token:
                 attempt = await sql.attempt_by_token(db, token)
                 if attempt and attempt.student_id == student.id:
-                    return attempt
+                    return attempt, None
         if self.config.service.service_address not in rcpt_tos:
             open_attempts = await sql.open_attempts(db, student.id)
             if len(open_attempts) == 1:
-                return open_attempts[0]
+                return open_attempts[0], None
         return None
+
+    async def _explain_brief_reply(
+        self,
+        db: aiosqlite.Connection,
+        parsed: ParsedEmail,
+        student: Student,
+        attempt: Attempt,
+    ) -> None:
+        """Tell a student who answered the brief itself where the answer must go."""
+        scenario = self.scenarios_by_id.get(attempt.scenario_id)
+        if scenario is None:
+            return
+        if scenario.type == "initiate":
+            address = self.composer.counterpart_address(scenario, attempt.token)
+            where = (
+                f"To do the task, write a new email to {scenario.counterpart.name} "
+                f"at this address:\n\n    {address}"
+            )
+        else:
+            where = (
+                f"To do the task, reply to the email from {scenario.counterpart.name} "
+                f'with the subject "{scenario.starter_subject}".'
+            )
+        text = (
+            "Thank you. Your email was a reply to the brief, so we did not grade it. "
+            + where
+        )
+        await self._reply(
+            db,
+            "notice",
+            student,
+            parsed,
+            self.composer.render(
+                "notice.txt.j2", student_name=_first_name(student.name), text=text
+            ),
+            attempt_id=attempt.id,
+        )
 
     async def _submit(
         self,
@@ -363,13 +420,13 @@ class Intake:
         try:
             scenario = find_scenario(self.scenarios, ref)
         except NotFoundError as exc:
-            await self._reply(
-                db,
-                "notice",
-                student,
-                parsed,
-                self.composer.render("notice.txt.j2", student_name=name, text=str(exc)),
+            text = self.composer.render(
+                "list.txt.j2",
+                student_name=name,
+                scenarios=self.scenarios,
+                note=str(exc),
             )
+            await self._reply(db, "list", student, parsed, text)
             return None
 
         token = new_token()
@@ -385,11 +442,9 @@ class Intake:
             text_artefacts=[a for a in scenario.artefacts if a.text],
             file_artefacts=[a for a in scenario.artefacts if a.path],
         )
-        reply_to = (
-            counterpart_address
-            if scenario.type == "initiate"
-            else self.composer.reply_address(token)
-        )
+        # Replies to the brief go to the service address: they are questions
+        # or commands, not the answer to the task.
+        reply_to = self.config.service.service_address
         await self._reply(
             db,
             "brief",
@@ -419,16 +474,24 @@ class Intake:
         rows = []
         for attempt in await sql.student_attempts(db, student.id):
             scenario = self.scenarios_by_id.get(attempt.scenario_id)
-            status = {
-                "open": "Started. We are waiting for your email.",
-                "submitted": "We have your email and we are grading it.",
-                "graded": f"Score: {attempt.score} / {MAX_TOTAL}",
-                "failed": "Grading is delayed. Your teacher will check it.",
-            }.get(attempt.state, attempt.state)
+            if attempt.state == "open" and scenario is not None:
+                if scenario.type == "initiate":
+                    address = self.composer.counterpart_address(scenario, attempt.token)
+                    status = f"Started. Write your email to {address}"
+                else:
+                    status = (
+                        f"Started. Reply to the email from {scenario.counterpart.name}."
+                    )
+            else:
+                status = {
+                    "open": "Started. We are waiting for your email.",
+                    "submitted": "We have your email and we are grading it.",
+                    "graded": f"Score: {attempt.score} / {MAX_TOTAL}",
+                    "failed": "Grading is delayed. Your teacher will check it.",
+                }.get(attempt.state, attempt.state)
             rows.append(
                 {
-                    "id": attempt.id,
-                    "scenario_id": attempt.scenario_id,
+                    "number": scenario.number if scenario else "?",
                     "title": scenario.title if scenario else attempt.scenario_id,
                     "status": status,
                 }
@@ -480,6 +543,7 @@ class Intake:
         parsed: ParsedEmail,
         student: Student | None,
         text: str,
+        show_help: bool = True,
     ) -> None:
         """Send a short explanation, at most one per sender per UTC day."""
         day = dt.datetime.fromtimestamp(self.store.clock(), dt.UTC).date().isoformat()
@@ -495,7 +559,9 @@ class Intake:
                 )
             ],
             subject=reply_subject(parsed.subject),
-            text=self.composer.render("notice.txt.j2", student_name=name, text=text),
+            text=self.composer.render(
+                "notice.txt.j2", student_name=name, text=text, show_help=show_help
+            ),
             in_reply_to=parsed.message_id,
             references=parsed.references,
         )

@@ -610,6 +610,28 @@ async def attempt_for_message_ids(
     return None
 
 
+async def thread_kind(db: aiosqlite.Connection, message_id: str) -> str | None:
+    """Return the outbox kind of a Message-ID we sent, or None for other ids."""
+    async with db.execute(
+        "select kind from outbox where message_id = ?", (message_id,)
+    ) as cursor:
+        row = await cursor.fetchone()
+    return str(row["kind"]) if row else None
+
+
+async def closest_known_id(
+    db: aiosqlite.Connection, message_ids: list[str]
+) -> str | None:
+    """Return the last of ``message_ids`` that belongs to an attempt's thread."""
+    for message_id in reversed(message_ids):
+        async with db.execute(
+            "select 1 from thread_ids where message_id = ?", (message_id,)
+        ) as cursor:
+            if await cursor.fetchone():
+                return message_id
+    return None
+
+
 async def fetch_student(db: aiosqlite.Connection, email: str) -> Student | None:
     async with db.execute(
         "select id, email, name, cohort from students where email = ?", (email.lower(),)

@@ -123,3 +123,12 @@ def smtp_outbox(sink: Sink) -> dict[str, Any]:
         "backoff_base_s": 0.1,
         "timeout_s": 5,
     }
+
+
+def address_in(text: str) -> str:
+    """Return the first token address (name+TOKEN@domain) found in an email's text."""
+    import re
+
+    match = re.search(r"[a-z0-9._-]+\+[a-z0-9]+@" + re.escape(DOMAIN), text)
+    assert match, f"no token address in: {text[:300]!r}"
+    return match.group(0)

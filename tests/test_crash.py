@@ -16,7 +16,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from .conftest import REPO, SERVICE, STUDENT, Sink
+from .conftest import REPO, SERVICE, STUDENT, Sink, address_in
 from .model_server import ModelServer, ScriptedReply
 
 pytestmark = pytest.mark.slow
@@ -125,7 +125,7 @@ async def test_kill_before_grading_answers_once(tmp_path: Path, sink: Sink) -> N
                 message("START 1", "", SERVICE), hostname="127.0.0.1", port=port
             )
             [brief] = await sink.wait_for(lambda items: len(items) >= 1)
-            counterpart = str(brief.message["Reply-To"]).strip("<>")
+            counterpart = address_in(brief.message.get_body(("plain",)).get_content())
             submission = message(
                 "Correction to the Q1 sales report",
                 "Dear Daniel,\n\nThe March revenue for the North region is $14,200, not "

@@ -157,6 +157,12 @@ async def start(
     return attempt
 
 
+def text_of(message: EmailMessage) -> str:
+    body = message.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
 def counterpart(attempt: sql.Attempt, local: str = "daniel.okafor") -> str:
     return f"{local}+{attempt.token}@{DOMAIN}"
 
@@ -165,7 +171,8 @@ async def test_start_creates_attempt_and_brief(harness: Harness) -> None:
     attempt = await start(harness)
     [brief] = await harness.outbox()
     assert attempt.state == "open"
-    assert attempt.token in str(brief["Reply-To"])
+    assert str(brief["Reply-To"]) == SERVICE
+    assert counterpart(attempt) in text_of(brief)
     assert str(brief["Subject"]).startswith("Scenario 1:")
 
 
@@ -181,7 +188,8 @@ async def test_start_unknown_scenario_explains(harness: Harness) -> None:
     outcome = await harness.deliver(mail("START nothing-like-this", ""), SERVICE)
     [notice] = await harness.outbox()
     assert outcome.attempt_id is None
-    assert "nothing-like-this" in notice.get_content()
+    assert "nothing-like-this" in text_of(notice)
+    assert "clarify-vague-task" in text_of(notice)
     assert await harness.attempts() == []
 
 
@@ -196,13 +204,47 @@ async def test_submission_by_token_queues_job(harness: Harness) -> None:
     assert [(job.attempt_id, job.state) for job in jobs] == [(attempt.id, "queued")]
 
 
-async def test_thread_reply_matches_attempt(harness: Harness) -> None:
+async def test_reply_to_brief_not_graded(harness: Harness) -> None:
     attempt = await start(harness)
     [brief] = await harness.outbox()
-    reply = mail("Re: brief", GOOD_ANSWER, in_reply_to=str(brief["Message-ID"]))
+    reply = mail("Re: brief", "Thanks, I got it.", in_reply_to=str(brief["Message-ID"]))
     outcome = await harness.deliver(reply, SERVICE)
+    notice = (await harness.outbox())[-1]
+    assert outcome.attempt_id == attempt.id
+    assert outcome.reason == "reply to the brief, not graded"
+    assert counterpart(attempt) in text_of(notice)
+    assert await harness.store.list_jobs() == []
+
+
+async def test_reply_to_starter_matches_attempt(harness: Harness) -> None:
+    attempt = await start(harness, "clarify-vague-task")
+    starter = (await harness.outbox())[-1]
+    address = starter["From"].addresses[0].addr_spec
+    reply = mail(
+        "Re: notes", GOOD_ANSWER, to=address, in_reply_to=str(starter["Message-ID"])
+    )
+    outcome = await harness.deliver(reply, address)
     assert outcome.attempt_id == attempt.id
     assert outcome.reason == "submission queued"
+
+
+async def test_reply_to_notice_is_submission(harness: Harness) -> None:
+    attempt = await start(harness)
+    empty = mail("Re: x", "> only quoted", to=counterpart(attempt))
+    await harness.deliver(empty, counterpart(attempt))
+    notice = (await harness.outbox())[-1]
+    answer = mail("Re: x", GOOD_ANSWER, in_reply_to=str(notice["Message-ID"]))
+    outcome = await harness.deliver(answer, SERVICE)
+    assert outcome.attempt_id == attempt.id
+    assert outcome.reason == "submission queued"
+
+
+async def test_status_shows_where_to_write(harness: Harness) -> None:
+    attempt = await start(harness)
+    await harness.deliver(mail("STATUS", ""), SERVICE)
+    status = (await harness.outbox())[-1].get_content()
+    assert "(scenario 1)" in status
+    assert counterpart(attempt) in status
 
 
 async def test_only_open_attempt_fallback(harness: Harness) -> None:
@@ -241,7 +283,7 @@ async def test_only_quoted_text_not_graded(harness: Harness) -> None:
     outcome = await harness.deliver(quoted_only, counterpart(attempt))
     notice = (await harness.outbox())[-1]
     assert outcome.reason == "nothing to grade"
-    assert "only quoted text" in notice.get_content()
+    assert "only quoted text" in text_of(notice)
     assert await harness.store.list_jobs() == []
 
 
@@ -254,7 +296,7 @@ async def test_second_submission_after_graded(harness: Harness) -> None:
     )
     notice = (await harness.outbox())[-1]
     assert outcome.reason == "attempt already graded"
-    assert "START 1" in notice.get_content()
+    assert "START 1" in text_of(notice)
 
 
 async def test_stranger_notice_once_per_day(harness: Harness) -> None:

@@ -15,7 +15,15 @@ import pytest
 from peb_mail.errors import ListenError
 from peb_mail.service import Service
 
-from .conftest import DOMAIN, SERVICE, STUDENT, Sink, make_config, smtp_outbox
+from .conftest import (
+    DOMAIN,
+    SERVICE,
+    STUDENT,
+    Sink,
+    address_in,
+    make_config,
+    smtp_outbox,
+)
 from .model_server import ModelServer, ScriptedReply
 
 
@@ -85,7 +93,7 @@ async def test_stop_releases_grading_lease(
             message("START 1", ""), hostname="127.0.0.1", port=service.port
         )
         [brief] = await sink.wait_for(lambda items: len(items) >= 1)
-        address = str(brief.message["Reply-To"]).strip("<>")
+        address = address_in(brief.message.get_body(("plain",)).get_content())
         assert address.endswith("@" + DOMAIN)
         submission = message(
             "Correction",
