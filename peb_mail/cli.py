@@ -34,7 +34,11 @@ console = Console()
 def _time(value: float | None) -> str:
     if value is None:
         return ""
-    return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def _print_rows(
@@ -43,14 +47,18 @@ def _print_rows(
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
         return
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
+    # Columns empty in every row only take width from the useful ones.
+    shown = [c for c in columns if any(row.get(c) not in (None, "") for row in rows)]
+    table = Table(title=f"{title} ({len(rows)})")
+    for column in shown or columns:
+        # fold wraps long values instead of cutting them with an ellipsis, so
+        # addresses and ids stay whole in a narrow terminal or a pipe.
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
             *(
                 "" if row.get(column) is None else str(row.get(column))
-                for column in columns
+                for column in shown or columns
             )
         )
     console.print(table)
@@ -95,6 +103,13 @@ def read_roster(path: Path) -> tuple[list[tuple[str, str, str]], dict[str, list[
         # line_num is where the row ends; a quoted field may span lines.
         values = [value for value in raw.values() if isinstance(value, str)]
         line_number = reader.line_num - sum(_line_breaks(value) for value in values)
+        if None in raw.values():
+            given = sum(1 for value in raw.values() if value is not None)
+            errors.append(
+                f"line {line_number}: {given} fields, expected {len(header)} "
+                f"({','.join(header)})"
+            )
+            continue
         if None in raw:
             errors.append(
                 f"line {line_number}: {len(raw[None]) + len(header)} fields in "
@@ -142,7 +157,7 @@ def read_roster(path: Path) -> tuple[list[tuple[str, str, str]], dict[str, list[
         rows.append((email, name, cohort))
     if errors:
         raise ConfigError(
-            f"{path}: {len(errors)} invalid rows, nothing imported:\n  "
+            f"{path}: {plural(len(errors), 'invalid row')}, nothing imported:\n  "
             + "\n  ".join(errors)
         )
     if not rows:
@@ -157,16 +172,23 @@ def _line_breaks(value: str) -> int:
 # -- commands ---------------------------------------------------------------
 
 
-async def _open_store(config: Config):  # type: ignore[no-untyped-def]
+async def _open_store(config: Config, create: bool = False):  # type: ignore[no-untyped-def]
     from .store import Store
 
-    return await Store.open(config.service.database)
+    database = config.service.database
+    if not create and not database.exists():
+        where = f" --config {config.path}" if config.path else ""
+        raise ConfigError(
+            f"database {str(database)!r} not found; run 'peb-mail init{where}' "
+            "first, or check service.database in the config"
+        )
+    return await Store.open(database)
 
 
 async def cmd_init(args: argparse.Namespace, config: Config) -> int:
     from .scenarios import load_scenarios
 
-    store = await _open_store(config)
+    store = await _open_store(config, create=True)
     await store.close()
     config.service.data_dir.mkdir(parents=True, exist_ok=True)
     scenarios = load_scenarios(config.service.scenarios_dir)
@@ -185,13 +207,32 @@ async def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 async def cmd_roster_import(args: argparse.Namespace, config: Config) -> int:
     rows, instructors = read_roster(Path(args.file))
-    store = await _open_store(config)
+    store = await _open_store(config, create=True)
     try:
         added, updated = await store.upsert_students(rows, instructors)
     finally:
         await store.close()
-    console.print(f"Imported {len(rows)} students: {added} added, {updated} updated.")
+    console.print(
+        f"Imported {plural(len(rows), 'student')}: {added} added, {updated} updated."
+    )
+    for cohort in sorted({cohort for _, _, cohort in rows}):
+        if not instructors.get(cohort) and not config.cohorts.get(cohort):
+            known = await _cohort_instructors(config, cohort)
+            if not known:
+                console.print(
+                    f"[yellow]warning:[/yellow] cohort {cohort!r} has no instructors, "
+                    "so nobody gets its grade summaries; add [cohorts."
+                    f"{cohort}] to the config or an instructors column to the roster"
+                )
     return 0
+
+
+async def _cohort_instructors(config: Config, cohort: str) -> list[str]:
+    store = await _open_store(config)
+    try:
+        return await store.cohort_instructors(cohort)
+    finally:
+        await store.close()
 
 
 async def cmd_roster_list(args: argparse.Namespace, config: Config) -> int:
@@ -240,6 +281,105 @@ async def cmd_scenarios_list(args: argparse.Namespace, config: Config) -> int:
         args, "Scenarios", ["number", "id", "type", "title", "counterpart"], rows
     )
     return 0
+
+
+async def cmd_scenarios_check(args: argparse.Namespace, config: Config) -> int:
+    from .scenario_check import check_scenarios
+
+    directory = Path(args.dir) if args.dir else config.service.scenarios_dir
+    findings = check_scenarios(directory, config.service.domain)
+    rows = [
+        {
+            "severity": f.severity,
+            "file": f.path.name if f.path else "",
+            "code": f.code,
+            "message": f.message,
+        }
+        for f in findings
+    ]
+    errors = sum(f.severity == "error" for f in findings)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    else:
+        for row in rows:
+            print(f"{row['severity']}: {row['file']}: {row['code']}: {row['message']}")
+        print(
+            f"{plural(len(findings), 'finding')}, {plural(errors, 'error')} "
+            f"in {directory}"
+        )
+    return 1 if errors else 0
+
+
+async def cmd_scenarios_review(args: argparse.Namespace, config: Config) -> int:
+    from .scenario_check import find_loaded, review_offline, review_with_model
+
+    directory = config.service.scenarios_dir
+    if args.id and args.id.strip().isdigit():
+        # A catalogue number needs the loaded catalogue to become an id.
+        args.id = find_loaded(directory, args.id).id
+    findings = review_offline(directory, config.service.domain, args.id)
+    for f in findings:
+        print(f"{f.severity}: {f.scenario_id}: {f.code}: {f.message}")
+    if not findings:
+        print("The checks found no gaps.")
+    if config.grader.kind != "llm":
+        print(
+            "(grader.kind is offline, so only the checks ran; set it to llm for a model review)"
+        )
+        return 1 if any(f.severity == "error" for f in findings) else 0
+    refs = [args.id] if args.id else [s.id for s in _load_catalogue(config)]
+    for ref in refs:
+        scenario = find_loaded(directory, ref)
+        print(f"\n== Model review of {scenario.id} ==")
+        print(
+            await review_with_model(
+                scenario,
+                config.grader,
+                findings=[f for f in findings if f.scenario_id == scenario.id],
+                prompts_dir=config.service.prompts_dir,
+            )
+        )
+    return 1 if any(f.severity == "error" for f in findings) else 0
+
+
+async def cmd_scenarios_preview(args: argparse.Namespace, config: Config) -> int:
+    from email.policy import SMTP
+
+    from .scenario_check import find_loaded, render_preview
+
+    scenario = find_loaded(config.service.scenarios_dir, args.id)
+    messages = render_preview(scenario, config, args.name)
+    for index, message in enumerate(messages, start=1):
+        if args.eml_dir:
+            folder = Path(args.eml_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{scenario.id}-{index}.eml"
+            path.write_bytes(message.as_bytes(policy=SMTP))
+            print(path)
+        else:
+            print(_readable(message))
+            print("-" * 72)
+    return 0
+
+
+def _readable(message: Any) -> str:
+    """Show an email as a student's mail client would: headers, text, attachments."""
+    lines = [
+        f"{name}: {message[name]}"
+        for name in ("From", "To", "Reply-To", "Subject")
+        if message[name]
+    ]
+    body = message.get_body(preferencelist=("plain",))
+    lines += ["", body.get_content().rstrip() if body is not None else ""]
+    for part in message.iter_attachments():
+        lines.append(f"[attached: {part.get_filename()} ({part.get_content_type()})]")
+    return "\n".join(lines)
+
+
+def _load_catalogue(config: Config) -> list[Any]:
+    from .scenarios import load_scenarios
+
+    return load_scenarios(config.service.scenarios_dir)
 
 
 async def cmd_attempts_list(args: argparse.Namespace, config: Config) -> int:
@@ -393,17 +533,31 @@ async def cmd_outbox_list(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_outbox_retry(args: argparse.Namespace, config: Config) -> int:
+    if args.ids and args.all:
+        raise ConfigError("pass outbox ids or --all, not both")
     if not args.ids and not args.all:
         raise ConfigError(
             "name the outbox ids to retry, or pass --all for every dead email"
         )
     store = await _open_store(config)
     try:
+        if args.ids:
+            states = await store.outbox_states(args.ids)
+            for email_id in args.ids:
+                if email_id not in states:
+                    raise NotFoundError(
+                        f"outbox {email_id} not found; see peb-mail outbox list"
+                    )
+                if states[email_id] != "dead":
+                    raise ConfigError(
+                        f"outbox {email_id} is {states[email_id]}, not dead; only "
+                        "dead emails can be retried"
+                    )
         count = await store.retry_outbox(None if args.all else args.ids)
     finally:
         await store.close()
-    console.print(f"{count} dead emails queued again.")
-    return 0 if count or args.all else 1
+    console.print(f"{plural(count, 'dead email')} queued again.")
+    return 0
 
 
 async def cmd_inbound_list(args: argparse.Namespace, config: Config) -> int:
@@ -509,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("list", cmd_roster_list, "list enrolled students", listing, sub=roster)
 
     scenarios = commands.add_parser(
-        "scenarios", help="list practice scenarios"
+        "scenarios", help="list, check and preview practice scenarios"
     ).add_subparsers(dest="action", required=True, metavar="ACTION")
     add(
         "list",
@@ -517,6 +671,38 @@ def build_parser() -> argparse.ArgumentParser:
         "list the scenario catalogue",
         listing,
         sub=scenarios,
+    )
+    check = add(
+        "check",
+        cmd_scenarios_check,
+        "validate every scenario file and find gaps (exit 1 on errors)",
+        listing,
+        sub=scenarios,
+    )
+    check.add_argument(
+        "--dir", metavar="DIR", help="folder to check (default: service.scenarios_dir)"
+    )
+    add(
+        "review",
+        cmd_scenarios_review,
+        "run the checks and, with grader.kind = llm, ask the model to read a "
+        "scenario as a student would",
+        sub=scenarios,
+    ).add_argument("id", nargs="?", help="scenario id or number (default: all)")
+    preview = add(
+        "preview",
+        cmd_scenarios_preview,
+        "show the brief and starter emails exactly as a student receives them",
+        sub=scenarios,
+    )
+    preview.add_argument("id", help="scenario id or number")
+    preview.add_argument(
+        "--eml-dir", metavar="DIR", help="write .eml files here instead of printing"
+    )
+    preview.add_argument(
+        "--name",
+        default="Ana Silva",
+        help="student name to fill in (default: Ana Silva)",
     )
 
     attempts = commands.add_parser(
@@ -597,3 +783,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader (such as "head") closed the pipe; that is not an error.
+        sys.stderr.close()
+        return 0

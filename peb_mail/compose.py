@@ -20,6 +20,7 @@ from markupsafe import Markup, escape
 
 from .config import Config
 from .models import CRITERIA, MAX_TOTAL, Artefact, Scenario, Verdict
+from .scenarios import render_starter
 from .store import NewEmail
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -123,7 +124,7 @@ class Composer:
         message = EmailMessage(policy=SMTP)
         message_id = email.utils.make_msgid(domain=self.domain)
         message["Message-ID"] = message_id
-        message["Date"] = email.utils.formatdate(localtime=False)
+        message["Date"] = email.utils.formatdate(usegmt=True)
         message["From"] = sender.header()
         message["To"] = [box.header() for box in to]
         if cc:
@@ -160,6 +161,58 @@ class Composer:
             raw=message.as_bytes(),
             attempt_id=attempt_id,
         )
+
+    def start_emails(
+        self,
+        scenario: Scenario,
+        student: Mailbox,
+        token: str,
+        *,
+        attempt_id: int | None = None,
+        in_reply_to: str | None = None,
+        references: tuple[str, ...] = (),
+    ) -> list[NewEmail]:
+        """Build the brief and, for a reply scenario, the counterpart's starter.
+
+        Intake sends these when a student starts a scenario, and
+        ``peb-mail scenarios preview`` shows them, so both stay the same.
+        """
+        counterpart_address = self.counterpart_address(scenario, token)
+        words = student.name.split()
+        brief = self.build(
+            kind="brief",
+            sender=self.service,
+            to=[student],
+            subject=f"Scenario {scenario.number}: {scenario.title}",
+            text=self.render(
+                "brief.txt.j2",
+                student_name=words[0] if words else "",
+                scenario=scenario,
+                counterpart_address=counterpart_address,
+                text_artefacts=[a for a in scenario.artefacts if a.text],
+                file_artefacts=[a for a in scenario.artefacts if a.path],
+            ),
+            # Replies to the brief are questions or commands, not the answer
+            # to the task, so they go to the service address.
+            reply_to=self.config.service.service_address,
+            in_reply_to=in_reply_to,
+            references=references,
+            attachments=tuple(a for a in scenario.artefacts if a.path),
+            attempt_id=attempt_id,
+        )
+        if scenario.type != "reply":
+            return [brief]
+        assert scenario.starter_subject is not None
+        starter = self.build(
+            kind="starter",
+            sender=Mailbox(scenario.counterpart.name, counterpart_address),
+            to=[student],
+            subject=scenario.starter_subject,
+            text=render_starter(scenario, student.name),
+            attempt_id=attempt_id,
+            auto_submitted="auto-generated",
+        )
+        return [brief, starter]
 
     def score_rows(self, verdict: Verdict) -> list[dict[str, Any]]:
         by_key = {item.criterion: item for item in verdict.scores}

@@ -26,7 +26,7 @@ from .config import Config
 from .errors import NotFoundError
 from .message import ParsedEmail, parse, strip_reply_prefix
 from .models import MAX_TOTAL, Artefact, Scenario
-from .scenarios import find_scenario, render_starter
+from .scenarios import find_scenario
 from .store import Attempt, Store, Student
 
 logger = logging.getLogger(__name__)
@@ -433,41 +433,16 @@ class Intake:
         attempt_id = await sql.create_attempt(
             db, student.id, scenario.id, token, self.store.clock()
         )
-        counterpart_address = self.composer.counterpart_address(scenario, token)
-        brief = self.composer.render(
-            "brief.txt.j2",
-            student_name=name,
-            scenario=scenario,
-            counterpart_address=counterpart_address,
-            text_artefacts=[a for a in scenario.artefacts if a.text],
-            file_artefacts=[a for a in scenario.artefacts if a.path],
-        )
-        # Replies to the brief go to the service address: they are questions
-        # or commands, not the answer to the task.
-        reply_to = self.config.service.service_address
-        await self._reply(
-            db,
-            "brief",
-            student,
-            parsed,
-            brief,
-            subject=f"Scenario {scenario.number}: {scenario.title}",
-            reply_to=reply_to,
-            attachments=tuple(a for a in scenario.artefacts if a.path),
+        emails = self.composer.start_emails(
+            scenario,
+            Mailbox(student.name, student.email),
+            token,
             attempt_id=attempt_id,
+            in_reply_to=parsed.message_id,
+            references=parsed.references,
         )
-        if scenario.type == "reply":
-            assert scenario.starter_subject is not None
-            starter = self.composer.build(
-                kind="starter",
-                sender=Mailbox(scenario.counterpart.name, counterpart_address),
-                to=[Mailbox(student.name, student.email)],
-                subject=scenario.starter_subject,
-                text=render_starter(scenario, student.name),
-                attempt_id=attempt_id,
-                auto_submitted="auto-generated",
-            )
-            await sql.insert_outbox(db, starter, self.store.clock())
+        for item in emails:
+            await sql.insert_outbox(db, item, self.store.clock())
         return attempt_id
 
     async def _status_text(self, db: aiosqlite.Connection, student: Student) -> str:

@@ -342,7 +342,12 @@ class Store:
                         (email, name, cohort, now),
                     )
                     added += 1
+            # A roster that names instructors for a cohort replaces that
+            # cohort's list, so re-importing can also remove someone.
             for cohort, addresses in instructors.items():
+                await db.execute(
+                    "delete from cohort_instructors where cohort = ?", (cohort,)
+                )
                 for address in addresses:
                     await db.execute(
                         "insert or ignore into cohort_instructors (cohort, email) values (?, ?)",
@@ -521,6 +526,13 @@ class Store:
                 params.extend(email_ids)
             cursor = await db.execute(sql, params)
             return cursor.rowcount
+
+    async def outbox_states(self, email_ids: list[int]) -> dict[int, str]:
+        rows = await self._fetchall(
+            f"select id, state from outbox where id in ({','.join('?' * len(email_ids))})",
+            email_ids,
+        )
+        return {row["id"]: row["state"] for row in rows}
 
     async def list_outbox(
         self, state: str | None = None, limit: int = 100

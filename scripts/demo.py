@@ -276,7 +276,7 @@ def outlook_new_email_base64(demo: Demo) -> tuple[str, Message, str]:
         "Dear Daniel,\n\nI am writing about the Q1 regional sales report I sent you yesterday. "
         "I made a mistake in it: the March revenue for the North region should be $14,200, not "
         "$12,400. Because of this, the North region's total for the quarter is also wrong. It "
-        "should be $2,000 higher than in the report.\n\nI am sorry for the error. I have attached "
+        "should be $45,300, not $43,500.\n\nI am sorry for the error. I have attached "
         "the corrected file. Please use it instead of the old one.\n\nPlease let me know if you "
         "have any questions.\n\nBest regards,\nAna Silva\n\n"
         "________________________________\n"

@@ -26,9 +26,17 @@ from peb_mail.store import NewEmail, Store, create_attempt, insert_outbox
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_INSTRUCTOR = "instructor@school.test"
 SHIPPED_SCENARIOS = {
-    "clarify-vague-task",
     "correct-error-in-report",
+    "clarify-vague-task",
     "reschedule-client-call",
+    "missed-remote-standup",
+    "reschedule-internal-meeting",
+    "follow-up-late-invoice",
+    "follow-up-missing-documents",
+    "respond-to-feedback-slow-responses",
+    "request-deadline-adjustment",
+    "respond-to-customer-complaint",
+    "clarify-multistep-process",
 }
 COMMANDS = [
     "init",
@@ -132,13 +140,20 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> Result:
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], config_path: Path) -> Cli:
-    """Run ``main`` with the test's config and return its exit code and output."""
+def bare_cli(capsys: pytest.CaptureFixture[str], config_path: Path) -> Cli:
+    """Run ``main`` with the test's config, before any ``init``."""
 
     def run(*argv: str) -> Result:
         return run_main(capsys, *argv, "--config", str(config_path))
 
     return run
+
+
+@pytest.fixture
+def cli(bare_cli: Cli) -> Cli:
+    """Like ``bare_cli``, after ``peb-mail init`` created the database."""
+    assert bare_cli("init").code == 0
+    return bare_cli
 
 
 def write_csv(tmp_path: Path, text: str, name: str = "roster.csv") -> Path:
@@ -200,13 +215,23 @@ async def add_inbound(database: Path) -> None:
 # -- init -----------------------------------------------------------------------
 
 
-def test_init_creates_database(cli: Cli, database: Path) -> None:
-    result = cli("init")
+def test_init_creates_database(bare_cli: Cli, database: Path) -> None:
+    assert not database.exists()
+
+    result = bare_cli("init")
 
     assert result.code == 0
     assert database.is_file()
     assert "Database ready" in result.out
-    assert "Scenarios: 3" in result.out
+    assert "Scenarios: 11" in result.out
+
+
+def test_listing_before_init_says_so(bare_cli: Cli, database: Path) -> None:
+    result = bare_cli("stats")
+
+    assert result.code == 2
+    assert "peb-mail init" in result.err
+    assert not database.exists()
 
 
 def test_init_twice_keeps_students(cli: Cli, tmp_path: Path) -> None:
@@ -495,7 +520,7 @@ def test_scenarios_list_json(cli: Cli) -> None:
 
     assert result.code == 0
     scenarios = result.json()
-    assert sorted(s["number"] for s in scenarios) == [1, 2, 3]
+    assert sorted(s["number"] for s in scenarios) == list(range(1, 12))
     assert {s["id"] for s in scenarios} == SHIPPED_SCENARIOS
     for scenario in scenarios:
         assert scenario["counterpart"].endswith("@peb-mail.test>")
@@ -529,7 +554,7 @@ def test_attempts_list_one_attempt(cli: Cli, database: Path) -> None:
     assert row["email"] == "ana@student.test"
     assert row["scenario_id"] == "correct-error-in-report"
     assert row["state"] == "open"
-    assert row["created"] == "2023-11-14 22:13:20"
+    assert row["created"] == "2023-11-14 22:13"
     assert row["graded"] == ""
 
 
@@ -626,7 +651,7 @@ def test_outbox_retry_all_revives_dead(cli: Cli, database: Path) -> None:
     result = cli("outbox", "retry", "--all")
 
     assert result.code == 0
-    assert "1 dead emails queued again" in result.out
+    assert "1 dead email queued again" in result.out
     [row] = cli("outbox", "list", "--json").json()
     assert row["state"] == "pending"
     assert row["tries"] == 0
@@ -647,9 +672,26 @@ def test_outbox_retry_unknown_id(cli: Cli, database: Path) -> None:
 
     result = cli("outbox", "retry", "999")
 
-    assert result.code == 1
-    assert "0 dead emails queued again" in result.out
+    assert result.code == 2
+    assert "outbox 999 not found" in result.err
     assert cli("outbox", "list", "--json").json()[0]["state"] == "dead"
+
+
+def test_outbox_retry_sent_email_rejected(cli: Cli, database: Path) -> None:
+    asyncio.run(add_dead_email(database))
+    assert cli("outbox", "retry", "1").code == 0
+
+    result = cli("outbox", "retry", "1")
+
+    assert result.code == 2
+    assert "outbox 1 is pending, not dead" in result.err
+
+
+def test_outbox_retry_ids_and_all(cli: Cli) -> None:
+    result = cli("outbox", "retry", "1", "--all")
+
+    assert result.code == 2
+    assert "not both" in result.err
 
 
 # -- inbound and stats ------------------------------------------------------------
@@ -669,7 +711,7 @@ def test_inbound_list_one_message(cli: Cli, database: Path) -> None:
 
     assert row["mail_from"] == "ana@student.test"
     assert row["state"] == "received"
-    assert row["received"] == "2023-11-14 22:13:20"
+    assert row["received"] == "2023-11-14 22:13"
     assert row["size"] == len(b"Subject: HELP\r\n\r\nhelp\r\n")
     assert cli("inbound", "list", "--state", "processed", "--json").json() == []
 
@@ -741,6 +783,7 @@ def test_config_from_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PEB_MAIL_CONFIG", str(config_path))
+    assert run_main(capsys, "init").code == 0
 
     result = run_main(capsys, "stats", "--json")
 
@@ -849,6 +892,7 @@ def run_module(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_module_stats_exits_0(tmp_path: Path, config_path: Path) -> None:
+    assert run_module(tmp_path, "init", "--config", str(config_path)).returncode == 0
     process = run_module(tmp_path, "stats", "--json", "--config", str(config_path))
 
     assert process.returncode == 0, process.stderr
@@ -857,6 +901,7 @@ def test_module_stats_exits_0(tmp_path: Path, config_path: Path) -> None:
 
 @pytest.mark.slow
 def test_module_unknown_attempt_exits_2(tmp_path: Path, config_path: Path) -> None:
+    assert run_module(tmp_path, "init", "--config", str(config_path)).returncode == 0
     process = run_module(
         tmp_path, "attempts", "show", "999", "--config", str(config_path)
     )
@@ -864,3 +909,56 @@ def test_module_unknown_attempt_exits_2(tmp_path: Path, config_path: Path) -> No
     assert process.returncode == 2
     assert "999" in process.stderr
     assert "Traceback" not in process.stderr
+
+
+# -- scenarios check and preview --------------------------------------------------
+
+
+def test_scenarios_check_shipped_clean(cli: Cli) -> None:
+    result = cli("scenarios", "check", "--json")
+
+    assert result.code == 0
+    assert result.json() == []
+
+
+def test_scenarios_check_planted_gap(cli: Cli, tmp_path: Path) -> None:
+    folder = tmp_path / "planted"
+    folder.mkdir()
+    source = (REPO / "scenarios" / "correct-error-in-report.toml").read_text()
+    (folder / "gap.toml").write_text(
+        source.replace("q1_regional_sales_corrected.csv", "missing.csv")
+    )
+
+    result = cli("scenarios", "check", "--dir", str(folder))
+
+    assert result.code == 1
+    assert "error" in result.out
+    assert "missing.csv" in result.out
+
+
+def test_scenarios_preview_by_number(cli: Cli) -> None:
+    result = cli("scenarios", "preview", "2", "--name", "Li Wei")
+
+    assert result.code == 0
+    assert "Subject: Scenario 2:" in result.out
+    assert "Hello Li," in result.out
+    assert "Reply-To: practice@peb-mail.test" in result.out
+
+
+def test_scenarios_preview_writes_eml(cli: Cli, tmp_path: Path) -> None:
+    result = cli(
+        "scenarios", "preview", "clarify-vague-task", "--eml-dir", str(tmp_path / "eml")
+    )
+
+    assert result.code == 0
+    assert sorted(p.name for p in (tmp_path / "eml").iterdir()) == [
+        "clarify-vague-task-1.eml",
+        "clarify-vague-task-2.eml",
+    ]
+
+
+def test_scenarios_preview_unknown(cli: Cli) -> None:
+    result = cli("scenarios", "preview", "no-such-thing")
+
+    assert result.code == 2
+    assert "no-such-thing" in result.err
