@@ -37,6 +37,9 @@ class ServiceConfig:
     stop_timeout_s: float = 20.0
     # How long a database write waits for another process's lock.
     busy_timeout_s: float = 10.0
+    # Keys for reply tokens, used when $PEB_MAIL_SECRET is not set. Created
+    # on first start with mode 600.
+    secret_file: Path = Path("var/secret.key")
 
     @property
     def service_address(self) -> str:

@@ -10,12 +10,10 @@ process from applying it twice.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import logging
 import re
-import secrets
 from dataclasses import asdict, dataclass
 
 import aiosqlite
@@ -28,6 +26,7 @@ from .message import ParsedEmail, parse, strip_reply_prefix
 from .models import MAX_TOTAL, Artefact, Scenario
 from .scenarios import find_scenario
 from .store import Attempt, Store, Student
+from .tokens import TokenSigner, load_signer
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +72,6 @@ def parse_command(subject: str, new_text: str) -> Command | None:
     return None
 
 
-def new_token() -> str:
-    """Return an unguessable token of 80 random bits, safe in an email local part."""
-    return base64.b32encode(secrets.token_bytes(10)).decode("ascii").lower()
-
-
 def token_of(address: str, domain: str) -> str | None:
     local, _, address_domain = address.lower().rpartition("@")
     if address_domain != domain or "+" not in local:
@@ -94,6 +88,7 @@ class Intake:
         composer: Composer,
         scenarios: list[Scenario],
         config: Config,
+        signer: TokenSigner | None = None,
     ) -> None:
         self.store = store
         self.composer = composer
@@ -101,6 +96,7 @@ class Intake:
         self.scenarios_by_id = {scenario.id: scenario for scenario in scenarios}
         self.config = config
         self.domain = config.service.domain
+        self.signer = signer or load_signer(config.service.secret_file)
 
     async def process_pending(self) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -261,7 +257,13 @@ class Intake:
             token = token_of(address, self.domain)
             if token:
                 attempt = await sql.attempt_by_token(db, token)
-                if attempt and attempt.student_id == student.id:
+                # The token must be ours for this student and attempt: a token
+                # copied from another student's email does not count.
+                if (
+                    attempt
+                    and attempt.student_id == student.id
+                    and self.signer.verify(token, student.id, attempt.id)
+                ):
                     return attempt, None
         if self.config.service.service_address not in rcpt_tos:
             open_attempts = await sql.open_attempts(db, student.id)
@@ -429,10 +431,16 @@ class Intake:
             await self._reply(db, "list", student, parsed, text)
             return None
 
-        token = new_token()
         attempt_id = await sql.create_attempt(
-            db, student.id, scenario.id, token, self.store.clock()
+            db,
+            student.id,
+            scenario.id,
+            lambda new_id: self.signer.token(student.id, new_id),
+            self.store.clock(),
         )
+        attempt = await sql.fetch_attempt(db, attempt_id)
+        assert attempt is not None
+        token = attempt.token
         emails = self.composer.start_emails(
             scenario,
             Mailbox(student.name, student.email),

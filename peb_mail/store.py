@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -212,7 +213,12 @@ class Store:
         """Open (and create) the database; ``busy_timeout_s`` is how long a
         statement waits for another process's write lock before failing."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
         db = await aiosqlite.connect(path, isolation_level=None)
+        if created:
+            # Student mail is personal data: owner only. SQLite gives the -wal
+            # and -shm files the same mode as the database file.
+            os.chmod(path, 0o600)
         db.row_factory = sqlite3.Row
         await db.execute(f"pragma busy_timeout = {int(busy_timeout_s * 1000)}")
         await db.execute("pragma journal_mode = wal")
@@ -684,14 +690,26 @@ async def student_attempts(db: aiosqlite.Connection, student_id: int) -> list[At
 
 
 async def create_attempt(
-    db: aiosqlite.Connection, student_id: int, scenario_id: str, token: str, now: float
+    db: aiosqlite.Connection,
+    student_id: int,
+    scenario_id: str,
+    token: str | Callable[[int], str],
+    now: float,
 ) -> int:
+    """Insert an attempt; ``token`` may be a function of the new attempt's id."""
+    placeholder = token if isinstance(token, str) else f"pending-{now}-{student_id}"
     cursor = await db.execute(
         "insert into attempts (student_id, scenario_id, token, created_at) values (?, ?, ?, ?)",
-        (student_id, scenario_id, token, now),
+        (student_id, scenario_id, placeholder, now),
     )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
+    attempt_id = cursor.lastrowid
+    assert attempt_id is not None
+    if not isinstance(token, str):
+        await db.execute(
+            "update attempts set token = ? where id = ?",
+            (token(attempt_id), attempt_id),
+        )
+    return attempt_id
 
 
 async def submit_attempt(

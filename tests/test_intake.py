@@ -393,3 +393,19 @@ async def test_submission_records_attachments(harness: Harness) -> None:
     assert attachment["filename"] == "fixed.csv"
     assert attachment["content_type"] == "text/csv"
     assert attachment["size_bytes"] == 8
+
+
+async def test_forged_token_in_database_ignored(harness: Harness) -> None:
+    attempt = await start(harness)
+    forged = "a" * 16
+    async with harness.store.transaction() as db:
+        await db.execute(
+            "update attempts set token = ? where id = ?", (forged, attempt.id)
+        )
+    address = f"daniel.okafor+{forged}@{DOMAIN}"
+    await start(harness)  # a second open attempt, so no fallback applies
+    outcome = await harness.deliver(
+        mail("Correction", GOOD_ANSWER, to=address), address
+    )
+    assert outcome.state == "rejected"
+    assert outcome.attempt_id is None
