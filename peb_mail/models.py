@@ -165,6 +165,8 @@ class Verdict:
     def from_json(cls, text: str) -> Verdict:
         data = json.loads(text)
         scores = tuple(CriterionScore(**item) for item in data.pop("scores"))
+        # JSON has no tuples: flags come back as a list.
+        data["flags"] = tuple(data.get("flags", ()))
         return cls(scores=scores, **data)
 
 

@@ -17,6 +17,11 @@ API:
   grader verdict from ``verdict_content()``.
 - ``server.requests`` lists every parsed request body in arrival order, and
   ``server.request_headers`` lists the matching request headers.
+- ``server.models`` lists the model name of each request, and
+  ``server.max_in_flight`` is the highest number of requests the server was
+  handling at the same time.
+- ``ScriptedReply(content=None, body_error="...")`` sends HTTP 200 with
+  ``null`` content and an ``error`` object in the body, as some gateways do.
 - ``verdict_payload()`` and ``verdict_content()`` build a valid verdict as a
   dict or a JSON string, for tests to change before they script it.
 - The ``model_server`` pytest fixture yields a started server. Import
@@ -65,6 +70,14 @@ class ScriptedReply:
     prompt_tokens: int = 120
     completion_tokens: int = 80
     raw_body: str | None = None
+    # Sends null content and this message in an "error" object of the body.
+    body_error: str | None = None
+
+
+COMMENT = (
+    "Thank you for your email. Your message is polite and clear. "
+    "You can make the next step more specific."
+)
 
 
 def verdict_payload(score: int = 4, evidence: str = "") -> dict[str, Any]:
@@ -78,10 +91,7 @@ def verdict_payload(score: int = 4, evidence: str = "") -> dict[str, Any]:
             }
             for key in CRITERION_KEYS
         },
-        "comment": (
-            "Thank you for your email. Your message is polite and clear. "
-            "You can make the next step more specific."
-        ),
+        "comment": COMMENT,
         "revision": "Subject: Update\n\nHello,\n\nHere is the update.\n\nBest regards",
         "counterpart_reply": "Thanks for the update. I will check it today.",
     }
@@ -104,6 +114,8 @@ class ModelServer:
         )
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._script: collections.deque[ScriptedReply] = collections.deque()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -124,6 +136,11 @@ class ModelServer:
     def push(self, *replies: ScriptedReply) -> None:
         """Append replies to the queue that the next requests consume."""
         self._script.extend(replies)
+
+    @property
+    def models(self) -> list[str]:
+        """Model name of each request, in arrival order."""
+        return [str(body.get("model", "")) for body in self.requests]
 
     @property
     def pending(self) -> int:
@@ -178,7 +195,16 @@ class ModelServer:
         self.requests.append(body)
         self.request_headers.append(dict(request.headers))
         reply = self._script.popleft() if self._script else ScriptedReply()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._reply(body, reply)
+        finally:
+            self.in_flight -= 1
 
+    async def _reply(
+        self, body: dict[str, Any], reply: ScriptedReply
+    ) -> web.StreamResponse:
         if reply.delay_s > 0:
             try:
                 await asyncio.wait_for(self._stopping.wait(), timeout=reply.delay_s)
@@ -199,6 +225,11 @@ class ModelServer:
                 reply.status, "scripted error from ModelServer", reply.headers
             )
 
+        if reply.body_error is not None:
+            payload = _completion_body(str(body.get("model", "")), None, reply)
+            payload["error"] = {"message": reply.body_error, "code": 502}
+            return web.json_response(payload, headers=reply.headers)
+
         content = reply.content
         if content is None:
             content = (
@@ -212,7 +243,9 @@ class ModelServer:
         )
 
 
-def _completion_body(model: str, content: str, reply: ScriptedReply) -> dict[str, Any]:
+def _completion_body(
+    model: str, content: str | None, reply: ScriptedReply
+) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
