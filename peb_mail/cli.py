@@ -382,6 +382,26 @@ def _load_catalogue(config: Config) -> list[Any]:
     return load_scenarios(config.service.scenarios_dir)
 
 
+async def cmd_calibrate(args: argparse.Namespace, config: Config) -> int:
+    import dataclasses
+
+    from .calibrate import load_cases, run_calibration
+    from .scenarios import load_scenarios
+    from .service import make_grader
+
+    kind = args.grader or config.grader.kind
+    grader_config = dataclasses.replace(config.grader, kind=kind)
+    if kind == "llm" and not grader_config.model:
+        raise ConfigError("grader.model must be set to calibrate with --grader llm")
+    grader = make_grader(dataclasses.replace(config, grader=grader_config))
+    cases_path = Path(args.cases)
+    report = await run_calibration(
+        grader, load_scenarios(config.service.scenarios_dir), load_cases(cases_path)
+    )
+    print(report.format())
+    return 0 if report.passed else 1
+
+
 async def cmd_attempts_list(args: argparse.Namespace, config: Config) -> int:
     store = await _open_store(config)
     try:
@@ -764,6 +784,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add("stats", cmd_stats, "count records by state", listing)
+    calibrate = add(
+        "calibrate",
+        cmd_calibrate,
+        "grade the calibration emails and print scores, bands and order agreement",
+    )
+    calibrate.add_argument(
+        "--grader",
+        choices=["offline", "llm"],
+        help="grader to run (default: grader.kind)",
+    )
+    calibrate.add_argument(
+        "--cases",
+        default=str(
+            Path(__file__).resolve().parent.parent
+            / "tests"
+            / "calibration"
+            / "cases.json"
+        ),
+        help="calibration cases file (default: tests/calibration/cases.json)",
+    )
     return parser
 
 

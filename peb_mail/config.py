@@ -74,6 +74,18 @@ class GraderConfig:
     api_key_env: str = "PEB_MAIL_LLM_API_KEY"
     timeout_s: float = 60.0
     max_output_tries: int = 3
+    # Tried in order when the main model keeps failing.
+    fallback_models: tuple[str, ...] = ()
+    # Retries of one model on 429, 5xx and timeouts within one grading.
+    max_provider_retries: int = 2
+    provider_backoff_base_s: float = 2.0
+    provider_backoff_max_s: float = 30.0
+    # A longer Retry-After gives up on that model for this grading.
+    max_retry_after_s: float = 60.0
+    # Requests in flight to the provider from one process.
+    concurrency: int = 4
+    # Grading pauses (jobs stay queued) once the day's cost reaches this; 0 = no limit.
+    daily_budget_usd: float = 0.0
 
     @property
     def api_key(self) -> str | None:
@@ -201,6 +213,15 @@ def _coerce(where: str, key: str, value: Any, default: Any, base_dir: Path) -> A
                 f"{where}: {key} must be a non-empty path string, got {value!r}"
             )
         return (base_dir / value).resolve()
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(
+            isinstance(item, str) and item for item in value
+        ):
+            raise ConfigError(
+                f'{where}: {key} must be a list of strings such as ["a", "b"], '
+                f"got {value!r}"
+            )
+        return tuple(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
@@ -258,6 +279,24 @@ def _validate(where: str, config: Config) -> None:
             config.grader.kind != "llm" or bool(config.grader.model),
             'grader.model must name a litellm model (such as "openai/gpt-4o-mini") '
             'when grader.kind is "llm"',
+        ),
+        (
+            config.grader.concurrency >= 1,
+            f"grader.concurrency must be at least 1, got {config.grader.concurrency}",
+        ),
+        (
+            config.grader.max_provider_retries >= 0,
+            f"grader.max_provider_retries must be 0 or more, got "
+            f"{config.grader.max_provider_retries}",
+        ),
+        (
+            config.grader.daily_budget_usd >= 0,
+            f"grader.daily_budget_usd must be 0 (no limit) or more, got "
+            f"{config.grader.daily_budget_usd}",
+        ),
+        (
+            config.grader.timeout_s > 0,
+            f"grader.timeout_s must be positive, got {config.grader.timeout_s}",
         ),
         (
             config.outbox.transport in ("maildir", "smtp"),

@@ -24,20 +24,31 @@ logger = logging.getLogger(__name__)
 
 
 def make_grader(config: Config) -> Grader:
-    if config.grader.kind == "llm":
+    """Build the configured grader. Both run the deterministic pre-checks."""
+    grader = config.grader
+    if grader.kind == "llm":
         from .llm_grader import LLMGrader
 
+        # LLMGrader runs the pre-checks itself, so its prompt can say what
+        # was removed.
         return LLMGrader(
-            config.grader.model,
-            api_base=config.grader.api_base or None,
-            api_key=config.grader.api_key,
-            timeout_s=config.grader.timeout_s,
-            max_output_tries=config.grader.max_output_tries,
+            grader.model,
+            api_base=grader.api_base or None,
+            api_key=grader.api_key,
+            timeout_s=grader.timeout_s,
+            max_output_tries=grader.max_output_tries,
             prompts_dir=config.service.prompts_dir,
+            fallback_models=grader.fallback_models,
+            max_provider_retries=grader.max_provider_retries,
+            backoff_base_s=grader.provider_backoff_base_s,
+            backoff_max_s=grader.provider_backoff_max_s,
+            max_retry_after_s=grader.max_retry_after_s,
+            concurrency=grader.concurrency,
         )
     from .offline_grader import OfflineGrader
+    from .precheck import PrecheckedGrader
 
-    return OfflineGrader()
+    return PrecheckedGrader(OfflineGrader())
 
 
 class Service:

@@ -434,18 +434,38 @@ class Store:
         return Job(**dict(row)) if row else None
 
     async def release_job(
-        self, job: Job, owner: str, *, delay_s: float, error: str
+        self,
+        job: Job,
+        owner: str,
+        *,
+        delay_s: float,
+        error: str,
+        refund_try: bool = False,
     ) -> bool:
-        """Put a leased job back in the queue to be tried after ``delay_s``."""
+        """Put a leased job back in the queue to be tried after ``delay_s``.
+
+        ``refund_try`` uncounts the claim's try, for a pause that is not a
+        failure (such as a spent daily budget), so waiting never uses up tries.
+        """
         now = self.clock()
         async with self.transaction() as db:
             cursor = await db.execute(
                 "update jobs set state = 'queued', lease_owner = null, "
-                "lease_expires_at = null, not_before = ?, last_error = ?, updated_at = ? "
+                "lease_expires_at = null, not_before = ?, last_error = ?, updated_at = ?, "
+                "tries = tries - ? "
                 "where id = ? and state = 'grading' and lease_owner = ?",
-                (now + delay_s, error, now, job.id, owner),
+                (now + delay_s, error, now, 1 if refund_try else 0, job.id, owner),
             )
             return cursor.rowcount == 1
+
+    async def model_cost_since(self, since: float) -> float:
+        """Sum the model cost (US dollars) of the grades stored since ``since``."""
+        row = await self._fetchone(
+            "select coalesce(sum(json_extract(verdict, '$.usage.cost_usd')), 0) as cost "
+            "from attempts where graded_at >= ? and verdict is not null",
+            (since,),
+        )
+        return float(row["cost"]) if row else 0.0
 
     async def expired_leases(self) -> list[Job]:
         rows = await self._fetchall(
@@ -731,7 +751,10 @@ async def submit_attempt(
     )
     await db.execute(
         "insert into jobs (attempt_id, max_tries, not_before, created_at, updated_at) "
-        "values (?, ?, ?, ?, ?)",
+        "values (?, ?, ?, ?, ?) on conflict (attempt_id) do update set "
+        "state = 'queued', tries = 0, max_tries = excluded.max_tries, "
+        "not_before = excluded.not_before, lease_owner = null, "
+        "lease_expires_at = null, last_error = null, updated_at = excluded.updated_at",
         (attempt_id, max_tries, now, now, now),
     )
 
@@ -793,6 +816,14 @@ async def set_attempt_graded(
         "update attempts set state = 'graded', score = ?, verdict = ?, graded_at = ? "
         "where id = ?",
         (score, verdict_json, now, attempt_id),
+    )
+
+
+async def reopen_attempt(db: aiosqlite.Connection, attempt_id: int) -> None:
+    """Make a submitted attempt open again, so the student's next email is graded."""
+    await db.execute(
+        "update attempts set state = 'open', submitted_at = null where id = ?",
+        (attempt_id,),
     )
 
 

@@ -25,6 +25,7 @@ from .config import Config
 from .errors import GradingError
 from .message import parse_message_ids
 from .models import AttachmentInfo, Grader, Scenario, Submission, Verdict
+from .precheck import precheck_async
 from .store import Attempt, Job, Store, Student
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,14 @@ class GradingWorker:
                 for item in json.loads(attempt.attachments or "[]")
             ),
         )
+        checks = await precheck_async(scenario, submission)
+        if checks.refusal:
+            return await self._refuse(
+                job, attempt, student, checks.refusal, checks.flags
+            )
+        paused = await self._budget_pause(job)
+        if paused:
+            return paused
         try:
             verdict = await self.grader.grade(scenario, submission)
         except asyncio.CancelledError:
@@ -141,7 +150,10 @@ class GradingWorker:
             )
             raise
         except GradingError as exc:
-            return await self._retry_or_give_up(job, f"{type(exc).__name__}: {exc}")
+            retry_after_s = getattr(exc, "retry_after_s", None)
+            return await self._retry_or_give_up(
+                job, f"{type(exc).__name__}: {exc}", min_delay_s=retry_after_s or 0.0
+            )
         except Exception as exc:  # a grader bug must not kill the worker
             logger.exception("job %d: grader raised an unexpected error", job.id)
             return await self._retry_or_give_up(
@@ -149,11 +161,19 @@ class GradingWorker:
             )
         return await self._finish(job, attempt, student, scenario, verdict)
 
-    async def _retry_or_give_up(self, job: Job, error: str) -> str:
+    async def _retry_or_give_up(
+        self, job: Job, error: str, min_delay_s: float = 0.0
+    ) -> str:
         if job.tries >= job.max_tries:
             return await self._give_up(job, error)
-        delay = backoff_delay_s(
-            job.tries, self.config.queue.backoff_base_s, self.config.queue.backoff_max_s
+        # A provider's Retry-After is a floor: coming back sooner only fails.
+        delay = max(
+            min_delay_s,
+            backoff_delay_s(
+                job.tries,
+                self.config.queue.backoff_base_s,
+                self.config.queue.backoff_max_s,
+            ),
         )
         released = await self.store.release_job(
             job, self.name, delay_s=delay, error=error
@@ -161,6 +181,75 @@ class GradingWorker:
         if not released:
             return "lease lost before retry"
         return f"failed ({error}); retry in {delay:.0f}s"
+
+    async def _budget_pause(self, job: Job) -> str | None:
+        """Hold the job until the next UTC day when the model budget is spent.
+
+        The job stays queued and its try is refunded, so a pause never turns
+        into a failure; ``peb-mail attempts list`` shows the reason.
+        """
+        budget = self.config.grader.daily_budget_usd
+        if self.config.grader.kind != "llm" or budget <= 0:
+            return None
+        now = self.store.clock()
+        midnight = now - now % 86400
+        spent = await self.store.model_cost_since(midnight)
+        if spent < budget:
+            return None
+        reason = (
+            f"paused: daily model budget ${budget:.2f} reached (${spent:.2f} spent); "
+            "grading resumes at 00:00 UTC"
+        )
+        logger.warning("job %d: %s", job.id, reason)
+        await self.store.release_job(
+            job,
+            self.name,
+            delay_s=midnight + 86400 - now,
+            error=reason,
+            refund_try=True,
+        )
+        return reason
+
+    async def _refuse(
+        self,
+        job: Job,
+        attempt: Attempt,
+        student: Student,
+        refusal: str,
+        flags: tuple[str, ...],
+    ) -> str:
+        """Tell the student why the email was not graded and reopen the attempt."""
+        inbound = (
+            await self.store.inbound_row(attempt.inbound_id)
+            if attempt.inbound_id
+            else None
+        )
+        message_id, references = _thread_of(inbound["raw"] if inbound else b"")
+        notice = self.composer.build(
+            kind="notice",
+            sender=self.composer.service,
+            to=[Mailbox(student.name, student.email)],
+            subject=reply_subject(attempt.subject or "your email"),
+            text=self.composer.render(
+                "notice.txt.j2",
+                student_name=student.name.split()[0] if student.name.split() else "",
+                text=refusal
+                + " Please write your answer and send it again. It will be graded "
+                "for the same scenario.",
+            ),
+            reply_to=self.composer.reply_address(attempt.token),
+            in_reply_to=message_id,
+            references=references,
+            attempt_id=attempt.id,
+        )
+        now = self.store.clock()
+        async with self.store.transaction() as db:
+            if not await sql.complete_job(db, job.id, self.name, now):
+                return "lease lost before refusing"
+            await sql.reopen_attempt(db, attempt.id)
+            await sql.insert_outbox(db, notice, now)
+        self.on_email()
+        return f"not graded ({', '.join(flags) or 'refused'}): student told"
 
     async def _finish(
         self,
