@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 from collections.abc import AsyncIterator
@@ -221,3 +222,65 @@ async def test_cc_delivery_copies_instructors(tmp_path: Path, setup: Setup) -> N
     [feedback] = await setup.emails("feedback")
     assert INSTRUCTOR in str(feedback["Cc"])
     assert await setup.emails("summary") == []
+
+
+async def test_budget_spent_pauses_without_losing_try(
+    tmp_path: Path, setup: Setup
+) -> None:
+    config = make_config(
+        tmp_path,
+        queue={"max_tries": 3},
+        grader={"kind": "llm", "model": "openai/test-model", "daily_budget_usd": 1.0},
+    )
+    verdict = await OfflineGrader().grade(
+        setup.scenarios[0], Submission("s", ANSWER, "Ana")
+    )
+    spent = dataclasses.replace(verdict, usage={"cost_usd": 1.25})
+    async with setup.store.transaction() as db:
+        await db.execute(
+            "insert into attempts (student_id, scenario_id, token, state, created_at, "
+            "verdict, graded_at) values (1, 'x', 'spent-token', 'graded', ?, ?, ?)",
+            (setup.clock.now, spent.to_json(), setup.clock.now),
+        )
+    grader = FailingGrader(failures=0)
+    worker = GradingWorker(
+        store=setup.store,
+        composer=Composer(config),
+        grader=grader,
+        scenarios=setup.scenarios,
+        config=config,
+        name="budget",
+    )
+    assert await worker.run_once()
+    [job] = [j for j in await setup.store.list_jobs()]
+    assert grader.calls == 0
+    assert job.state == "queued"
+    assert job.tries == 0
+    assert "daily model budget" in (job.last_error or "")
+    # The next UTC day the job runs.
+    setup.clock.now += 86400
+    assert await worker.run_once()
+    assert grader.calls == 1
+
+
+async def test_refused_email_reopens_attempt(setup: Setup) -> None:
+    async with setup.store.transaction() as db:
+        await db.execute(
+            "update attempts set body = ? where state = 'submitted'",
+            (
+                "Sehr geehrter Herr Okafor,\n\nich habe einen Fehler im Bericht gefunden. "
+                "Die Zahl für März ist falsch. Ich schicke Ihnen heute die richtige "
+                "Datei.\n\nMit freundlichen Grüßen\nAna",
+            ),
+        )
+    grader = FailingGrader(failures=0)
+    worker = setup.worker(grader)
+    assert await worker.run_once()
+    [job] = await setup.store.list_jobs()
+    attempt = await setup.store.attempt(job.attempt_id)
+    [notice] = await setup.emails("notice")
+    assert grader.calls == 0
+    assert job.state == "done"
+    assert attempt is not None and attempt.state == "open"
+    assert "English" in notice.get_content()
+    assert notice["In-Reply-To"] == setup.submission_id
