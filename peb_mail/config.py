@@ -110,6 +110,9 @@ class OutboxConfig:
     backoff_max_s: float = 1800.0
     # An email still failing this long after it was queued is marked dead.
     dead_after_s: float = 172800.0
+    # A sender holds an email this long while delivering it; if it dies, the
+    # email is tried again after the lease. Must exceed a whole SMTP delivery.
+    send_lease_s: float = 300.0
     poll_interval_s: float = 1.0
 
     @property
@@ -297,6 +300,11 @@ def _validate(where: str, config: Config) -> None:
         (
             config.grader.timeout_s > 0,
             f"grader.timeout_s must be positive, got {config.grader.timeout_s}",
+        ),
+        (
+            config.outbox.send_lease_s > config.outbox.timeout_s,
+            f"outbox.send_lease_s ({config.outbox.send_lease_s}) must be longer than "
+            f"outbox.timeout_s ({config.outbox.timeout_s})",
         ),
         (
             config.outbox.transport in ("maildir", "smtp"),

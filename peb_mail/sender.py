@@ -24,9 +24,7 @@ from .worker import _wait_any, backoff_delay_s
 
 logger = logging.getLogger(__name__)
 
-# Long enough for a slow smarthost to accept a large message; an email whose
-# lease runs out is tried again, so it must exceed any single delivery.
-SEND_LEASE_S = 300.0
+
 
 
 class Transport(Protocol):
@@ -133,7 +131,7 @@ class Sender:
 
     async def run_once(self) -> int:
         """Try every email that is due now; returns how many were tried."""
-        emails = await self.store.claim_outbox(SEND_LEASE_S)
+        emails = await self.store.claim_outbox(self.config.send_lease_s)
         for item in emails:
             await self._deliver(item)
         return len(emails)
