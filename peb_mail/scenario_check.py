@@ -3,8 +3,10 @@
 The loader (``peb_mail.scenarios``) rejects files that break the format. This
 module looks for files that load but would confuse or fail a student: material
 the task refers to but never gives, key points unrelated to the task, leftover
-placeholders, addresses outside the service domain and a starter email that
-does not contain what the task says it contains. The checks are heuristics on
+placeholders, addresses outside the service domain, a starter email that
+does not contain what the task says it contains, and key points or key facts
+without the ``example`` and ``question`` texts that the offline grader writes
+its example answer and the counterpart's reply from. The checks are heuristics on
 words and patterns, described with each function and in docs/scenarios.md, so
 a finding is a prompt to reread the file, and a clean result is no proof.
 """
@@ -178,6 +180,25 @@ def find_placeholders(text: str, *, formatted: bool) -> list[str]:
     return found
 
 
+# Slots that an example sentence may still contain although the general
+# placeholder patterns miss them: "[day]", "<time>", "___", "..." and "XX".
+_EXAMPLE_SLOT = re.compile(
+    r"\[[^\]\n]*\]|<[^>\n]*>|_{2,}|\.{3}|…|\bX{2,}\b"
+    r"|\((?:day|date|time|name|number|amount|place)\)",
+    re.IGNORECASE,
+)
+_EXAMPLE_KEY = re.compile(r"^key_(?:facts|points)\[\d+\]\.example$")
+
+
+def find_example_slots(text: str) -> list[str]:
+    """Return the slots left in an ``example`` sentence, in the order they appear.
+
+    An example is a finished sentence in the student's voice, so a bracket, a
+    run of underscores, an ellipsis or "XX" in it marks an unfilled slot.
+    """
+    return [match.group() for match in _EXAMPLE_SLOT.finditer(text)]
+
+
 def _text_fields(value: Any, key: str) -> Iterable[tuple[str, str]]:
     """Yield (key name as the loader writes it, text) for every string in ``value``."""
     if isinstance(value, str):
@@ -217,7 +238,10 @@ def _check_raw(
 
     for key, text in _text_fields(data, ""):
         formatted = key == "starter_body"
-        for placeholder in dict.fromkeys(find_placeholders(text, formatted=formatted)):
+        placeholders = find_placeholders(text, formatted=formatted)
+        if _EXAMPLE_KEY.match(key):
+            placeholders.extend(find_example_slots(text))
+        for placeholder in dict.fromkeys(placeholders):
             if placeholder == "{" + STUDENT_NAME_FIELD + "}":
                 add(
                     key,
@@ -562,6 +586,107 @@ def check_starter(scenario: Scenario, path: Path) -> list[Finding]:
     return findings
 
 
+# -- examples and questions ----------------------------------------------------
+
+# Honorifics are skipped when the names that may refer to the counterpart are
+# built, so "Ms Priya Shah" gives "Priya" and "Priya Shah".
+_HONORIFICS = frozenset({"mr", "mrs", "ms", "miss", "dr", "prof"})
+# A word after the name that makes the name the subject of a third-person verb.
+# "[a-z]{2,}s" catches regular verbs ("Daniel needs"), and the lookahead leaves
+# out common words that end in "s" but are not verbs.
+_THIRD_PERSON_VERB = (
+    r"(?!(?:this|his|hers|its|thus|plus|less|unless|across|yes|us)\b)"
+    r"(?:is|has|does|was|will|can|could|would|should|may|might|must|[a-z]{2,}s)\b"
+)
+
+
+def counterpart_names(full_name: str) -> list[str]:
+    """Return the forms of the name a sentence may use, longest first.
+
+    They are the leading words of the name without an honorific: "Mei Lin Tan"
+    gives "Mei Lin Tan", "Mei Lin" and "Mei".
+    """
+    words = full_name.split()
+    while words and words[0].rstrip(".").lower() in _HONORIFICS:
+        words = words[1:]
+    return [" ".join(words[:count]) for count in range(len(words), 0, -1)]
+
+
+def third_person_mentions(text: str, full_name: str) -> list[str]:
+    """Return the third-person mentions of the person in ``text``, as written.
+
+    Only a name followed by a third-person verb ("Daniel will") or by a
+    possessive ("Daniel's") counts, so "Thank you, Daniel." passes.
+    """
+    names = counterpart_names(full_name)
+    if not names:
+        return []
+    alternatives = "|".join(re.escape(name) for name in names)
+    pattern = re.compile(rf"\b(?:{alternatives})(?:['’]s\b|\s+{_THIRD_PERSON_VERB})")
+    return [match.group() for match in pattern.finditer(text)]
+
+
+def check_examples(scenario: Scenario, path: Path) -> list[Finding]:
+    """Check the ``example`` and ``question`` texts of key facts and key points.
+
+    The offline grader builds its example answer from the examples and asks a
+    missing point's question in the counterpart's reply. A key fact or key
+    point without an example, or a key point without a question, is a
+    warning. An example that names the counterpart in the third person is an
+    error, because the example answer is written to the counterpart.
+    """
+    findings: list[Finding] = []
+    entries = [("key_facts", fact) for fact in scenario.key_facts]
+    entries += [("key_points", point) for point in scenario.key_points]
+    names = counterpart_names(scenario.counterpart.name)
+    given_name = names[-1] if names else "the counterpart"
+    counts: dict[str, int] = {}
+    for table, entry in entries:
+        counts[table] = counts.get(table, 0) + 1
+        name = f"{table}[{counts[table]}]"
+        if not entry.example:
+            findings.append(
+                Finding(
+                    scenario.id,
+                    path,
+                    "warning",
+                    "missing-example",
+                    f'{name} "{entry.text}" has no example, so the offline '
+                    "grader's example answer rewrites the rubric text or leaves "
+                    "the point out; add example = a sentence in the student's "
+                    "voice, written to the counterpart, that makes this point",
+                )
+            )
+        if table == "key_points" and not entry.question:
+            findings.append(
+                Finding(
+                    scenario.id,
+                    path,
+                    "warning",
+                    "missing-question",
+                    f'{name} "{entry.text}" has no question, so the '
+                    "counterpart's reply cannot ask for this point when a "
+                    "student leaves it out; add question = what the "
+                    "counterpart would ask, in character",
+                )
+            )
+        for mention in dict.fromkeys(
+            third_person_mentions(entry.example, scenario.counterpart.name)
+        ):
+            findings.append(
+                Finding(
+                    scenario.id,
+                    path,
+                    "error",
+                    "third-person-counterpart",
+                    f'{name}.example: contains "{mention}", but the example is '
+                    f"written to {given_name}; "
+                    'address them as "you" and "your" instead',
+                )
+            )
+    return findings
+
+
 # -- the whole folder --------------------------------------------------------
 
 
@@ -601,6 +726,7 @@ def check_file(path: Path, domain: str) -> tuple[Scenario | None, list[Finding]]
     findings.extend(check_missing_material(scenario, path))
     findings.extend(check_key_points(scenario, path))
     findings.extend(check_starter(scenario, path))
+    findings.extend(check_examples(scenario, path))
     return scenario, findings
 
 

@@ -63,10 +63,19 @@ BASE: dict[str, Any] = {
         "knows": "The schedule moved to Tuesday.",
     },
     "key_facts": [
-        {"text": "Deliveries start on Tuesday.", "keywords": ["tuesday"]},
+        {
+            "text": "Deliveries start on Tuesday.",
+            "keywords": ["tuesday"],
+            "example": "The first deliveries go out on Tuesday.",
+        },
     ],
     "key_points": [
-        {"text": "Give the delivery schedule.", "keywords": ["schedule"]},
+        {
+            "text": "Give the delivery schedule.",
+            "keywords": ["schedule"],
+            "example": "Here is the delivery schedule for next week.",
+            "question": "What is the schedule for next week?",
+        },
     ],
 }
 
@@ -262,8 +271,13 @@ def test_starter_refers_to_missing_list(tmp_path: Path) -> None:
 
 def test_unrelated_key_point_is_warning(tmp_path: Path) -> None:
     points = [
-        {"text": "Give the delivery schedule.", "keywords": ["schedule"]},
-        {"text": "Praise the new logo colours.", "keywords": ["logo", "colour"]},
+        BASE["key_points"][0],
+        {
+            "text": "Praise the new logo colours.",
+            "keywords": ["logo", "colour"],
+            "example": "I like the new logo colours.",
+            "question": "Do you like the new logo colours?",
+        },
     ]
 
     findings = plant(tmp_path, key_points=points)
@@ -416,6 +430,140 @@ def test_review_offline_unknown_id(tmp_path: Path) -> None:
 
     with pytest.raises(NotFoundError, match="nothing-here"):
         review_offline(tmp_path, DOMAIN, "nothing-here")
+
+
+# -- examples and questions ---------------------------------------------------
+
+
+def with_changes(entry: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """Return a copy of ``entry`` with ``changes``; a None value removes the key."""
+    changed = dict(entry)
+    for key, value in changes.items():
+        if value is None:
+            changed.pop(key, None)
+        else:
+            changed[key] = value
+    return changed
+
+
+def with_point(**changes: Any) -> dict[str, Any]:
+    return with_changes(BASE["key_points"][0], **changes)
+
+
+def with_fact(**changes: Any) -> dict[str, Any]:
+    return with_changes(BASE["key_facts"][0], **changes)
+
+
+def test_point_without_example_warns(tmp_path: Path) -> None:
+    findings = plant(tmp_path, key_points=[with_point(example=None)])
+
+    assert codes(findings) == ["missing-example"]
+    assert findings[0].severity == "warning"
+    assert findings[0].message.startswith("key_points[1]")
+
+
+def test_point_without_question_warns(tmp_path: Path) -> None:
+    findings = plant(tmp_path, key_points=[with_point(question=None)])
+
+    assert codes(findings) == ["missing-question"]
+    assert findings[0].severity == "warning"
+    assert findings[0].message.startswith("key_points[1]")
+
+
+def test_fact_without_example_warns(tmp_path: Path) -> None:
+    findings = plant(tmp_path, key_facts=[with_fact(example=None)])
+
+    assert codes(findings) == ["missing-example"]
+    assert findings[0].severity == "warning"
+    assert findings[0].message.startswith("key_facts[1]")
+
+
+def test_fact_without_question_passes(tmp_path: Path) -> None:
+    assert "question" not in BASE["key_facts"][0]
+    assert plant(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("example", "mention"),
+    [
+        ("I know that Leo will share the schedule on Monday.", "Leo will"),
+        ("I know that Leo Park needs the schedule today.", "Leo Park needs"),
+        ("I will add the dates to Leo's plan.", "Leo's"),
+        ("Leo has the old schedule, so here is the new one.", "Leo has"),
+    ],
+)
+def test_example_third_person_name(tmp_path: Path, example: str, mention: str) -> None:
+    findings = plant(tmp_path, key_points=[with_point(example=example)])
+
+    assert codes(findings) == ["third-person-counterpart"]
+    assert findings[0].severity == "error"
+    assert f'"{mention}"' in findings[0].message
+    assert findings[0].message.startswith("key_points[1].example:")
+
+
+def test_fact_example_third_person(tmp_path: Path) -> None:
+    fact = with_fact(example="Leo's team starts the deliveries on Tuesday.")
+
+    findings = plant(tmp_path, key_facts=[fact])
+
+    assert codes(findings) == ["third-person-counterpart"]
+    assert findings[0].message.startswith("key_facts[1].example:")
+
+
+@pytest.mark.parametrize(
+    "example",
+    [
+        "Thank you, Leo.",
+        "Leo, here is the delivery schedule for next week.",
+        "Here is the schedule for this week and for next week.",
+    ],
+)
+def test_example_addressing_name_passes(tmp_path: Path, example: str) -> None:
+    assert plant(tmp_path, key_points=[with_point(example=example)]) == []
+
+
+def test_given_name_of_two_words(tmp_path: Path) -> None:
+    counterpart = {**BASE["counterpart"], "name": "Mei Lin Tan"}
+    point = with_point(example="I know that Mei Lin needs the schedule today.")
+
+    findings = plant(tmp_path, counterpart=counterpart, key_points=[point])
+
+    assert codes(findings) == ["third-person-counterpart"]
+    assert '"Mei Lin needs"' in findings[0].message
+
+
+@pytest.mark.parametrize(
+    ("example", "placeholder"),
+    [
+        ("The schedule starts on [day].", "[day]"),
+        ("The first truck leaves at <time>.", "<time>"),
+        ("The first truck leaves at ___ on Tuesday.", "___"),
+        ("The first truck leaves at XX:00 on Tuesday.", "XX"),
+        ("The first truck leaves on Tuesday at ...", "..."),
+        ("Best regards, (your name)", "(your name)"),
+        ("The schedule starts on {day}.", "{day}"),
+    ],
+)
+def test_placeholder_in_example(tmp_path: Path, example: str, placeholder: str) -> None:
+    findings = plant(tmp_path, key_points=[with_point(example=example)])
+
+    assert codes(findings) == ["placeholder"]
+    assert findings[0].severity == "error"
+    assert findings[0].message.startswith("key_points[1].example:")
+    assert f'"{placeholder}"' in findings[0].message
+
+
+def test_placeholder_in_fact_example(tmp_path: Path) -> None:
+    findings = plant(tmp_path, key_facts=[with_fact(example="Deliveries start [day].")])
+
+    assert codes(findings) == ["placeholder"]
+    assert findings[0].message.startswith("key_facts[1].example:")
+
+
+def test_brackets_outside_example_allowed(tmp_path: Path) -> None:
+    task = "Write to Leo Park about the delivery schedule (next week) ..."
+
+    assert plant(tmp_path, task=task) == []
 
 
 # -- preview ------------------------------------------------------------------
