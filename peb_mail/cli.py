@@ -254,11 +254,16 @@ async def cmd_roster_list(args: argparse.Namespace, config: Config) -> int:
             "instructors": ", ".join(
                 sorted({*instructors[s.cohort], *config.cohorts.get(s.cohort, ())})
             ),
+            "hard_bounces": s.hard_bounces,
+            "flagged": s.flagged,
         }
         for s in students
     ]
     _print_rows(
-        args, "Students", ["id", "email", "name", "cohort", "instructors"], rows
+        args,
+        "Students",
+        ["id", "email", "name", "cohort", "instructors", "flagged"],
+        rows,
     )
     return 0
 
@@ -529,6 +534,7 @@ async def cmd_outbox_list(args: argparse.Namespace, config: Config) -> int:
             "attempt": e.attempt_id,
             "created": _time(e.created_at),
             "sent": _time(e.sent_at),
+            "bounced": e.bounce_status if e.bounced_at else None,
             "last_error": e.last_error,
         }
         for e in emails
@@ -545,6 +551,7 @@ async def cmd_outbox_list(args: argparse.Namespace, config: Config) -> int:
             "attempt",
             "created",
             "sent",
+            "bounced",
             "last_error",
         ],
         rows,
@@ -594,6 +601,82 @@ async def cmd_inbound_list(args: argparse.Namespace, config: Config) -> int:
         ["id", "received", "mail_from", "state", "reason", "attempt_id", "size"],
         rows,
     )
+    return 0
+
+
+async def cmd_replay(args: argparse.Namespace, config: Config) -> int:
+    from .compose import Composer
+    from .intake import Intake
+    from .scenarios import load_scenarios
+
+    store = await _open_store(config)
+    try:
+        row = await store.find_inbound(args.message)
+        if row is None:
+            raise NotFoundError(
+                f"message {args.message!r} not found; give a number or a Message-ID "
+                "from peb-mail inbound list"
+            )
+        intake = Intake(
+            store,
+            Composer(config),
+            load_scenarios(config.service.scenarios_dir),
+            config,
+        )
+        lines = await intake.explain(row["id"])
+    finally:
+        await store.close()
+    print("\n".join(lines))
+    return 0
+
+
+async def cmd_quarantine_list(args: argparse.Namespace, config: Config) -> int:
+    args.state = "quarantined"
+    return await cmd_inbound_list(args, config)
+
+
+async def cmd_quarantine_release(args: argparse.Namespace, config: Config) -> int:
+    store = await _open_store(config)
+    try:
+        for inbound_id in args.ids:
+            row = await store.inbound_row(inbound_id)
+            if row is None:
+                raise NotFoundError(
+                    f"message {inbound_id} not found; see peb-mail quarantine list"
+                )
+            if row["state"] != "quarantined":
+                raise ConfigError(
+                    f"message {inbound_id} is {row['state']}, not quarantined; only "
+                    "quarantined messages can be released"
+                )
+        count = await store.release_inbound(args.ids)
+    finally:
+        await store.close()
+    console.print(
+        f"{plural(count, 'message')} released; a running peb-mail serve processes "
+        "them again within a second."
+    )
+    return 0
+
+
+async def cmd_extract(args: argparse.Namespace, config: Config) -> int:
+    from .extract import extract_reply
+    from .message import parse
+
+    path = Path(args.file)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
+    head = raw[:4096].decode("utf-8", errors="replace")
+    looks_like_message = re.search(
+        r"^(From|Subject|Message-ID|Content-Type|Received):", head, re.M | re.I
+    )
+    if looks_like_message:
+        parsed = parse(raw)
+        print(parsed.new_text)
+    else:
+        print(extract_reply(raw.decode("utf-8", errors="replace")).text)
     return 0
 
 
@@ -784,6 +867,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add("stats", cmd_stats, "count records by state", listing)
+    add(
+        "replay",
+        cmd_replay,
+        "re-run parsing, classification, matching and extraction on a stored "
+        "message and print each decision (changes nothing)",
+    ).add_argument("message", help="message number or Message-ID (see inbound list)")
+    quarantine = commands.add_parser(
+        "quarantine", help="list or release quarantined messages"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    quarantine_list = add(
+        "list",
+        cmd_quarantine_list,
+        "list quarantined messages with the reason",
+        listing,
+        sub=quarantine,
+    )
+    quarantine_list.add_argument(
+        "--limit", type=int, default=100, help="rows to show (default 100)"
+    )
+    add(
+        "release",
+        cmd_quarantine_release,
+        "send quarantined messages through intake again (after a fix or review)",
+        sub=quarantine,
+    ).add_argument("ids", nargs="+", type=int, help="message numbers")
+    add(
+        "extract",
+        cmd_extract,
+        "print exactly the text that would be graded from an email file "
+        "(a whole message, or a bare body)",
+    ).add_argument("file", help="path of the .eml or text file")
     calibrate = add(
         "calibrate",
         cmd_calibrate,

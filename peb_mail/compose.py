@@ -8,6 +8,7 @@ templates autoescape everything they insert.
 from __future__ import annotations
 
 import email.utils
+import hashlib
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -84,9 +85,14 @@ class Composer:
             self.config.service.display_name, self.config.service.service_address
         )
 
-    @property
-    def envelope_from(self) -> str:
-        return f"bounces@{self.domain}"
+    def envelope_from(self, message_id: str) -> str:
+        """Return a VERP-style envelope sender unique to one email.
+
+        A bounce comes back to bounces+TAG@domain, and TAG finds the email it
+        is about even when the bounce quotes none of it.
+        """
+        tag = hashlib.sha256(message_id.encode("utf-8")).hexdigest()[:16]
+        return f"bounces+{tag}@{self.domain}"
 
     def reply_address(self, token: str) -> str:
         return f"reply+{token}@{self.domain}"
@@ -156,7 +162,7 @@ class Composer:
         return NewEmail(
             message_id=message_id.strip("<>"),
             kind=kind,
-            envelope_from=self.envelope_from,
+            envelope_from=self.envelope_from(message_id.strip("<>")),
             rcpt_tos=recipients,
             raw=message.as_bytes(),
             attempt_id=attempt_id,

@@ -22,7 +22,7 @@ from . import store as sql
 from .compose import Composer, Mailbox, reply_subject
 from .config import Config
 from .errors import NotFoundError
-from .message import ParsedEmail, parse, strip_reply_prefix
+from .message import ParsedEmail, delivery_report, parse, strip_reply_prefix
 from .models import MAX_TOTAL, Artefact, Scenario
 from .scenarios import find_scenario
 from .store import Attempt, Store, Student
@@ -115,6 +115,13 @@ class Intake:
         if row is None or row["state"] != "received":
             return None
         rcpt_tos = [address.lower() for address in json.loads(row["rcpt_tos"])]
+        bounce_targets = [
+            a
+            for a in rcpt_tos
+            if a.startswith("bounces+") and a.endswith("@" + self.domain)
+        ]
+        if bounce_targets or f"bounces@{self.domain}" in rcpt_tos:
+            return await self._record_bounce(inbound_id, row["raw"], bounce_targets)
         try:
             parsed = parse(row["raw"])
         except Exception as exc:  # any parser failure must quarantine, not crash
@@ -148,6 +155,123 @@ class Intake:
             outcome.attempt_id,
         )
         return outcome
+
+    async def _record_bounce(
+        self, inbound_id: int, raw: bytes, targets: list[str]
+    ) -> Outcome | None:
+        """Record a bounce of our own mail against the email it is about. Never answered."""
+        try:
+            report = delivery_report(raw)
+        except Exception as exc:  # a broken bounce is still a bounce
+            logger.warning(
+                "inbound %d: unreadable delivery report: %s", inbound_id, exc
+            )
+            report = None
+        status = report.status if report else ""
+        hard = report.hard if report else False
+        async with self.store.transaction() as db:
+            bounced = [
+                email
+                for target in targets
+                if (
+                    email := await sql.record_bounce(
+                        db, target, status, hard, self.store.clock()
+                    )
+                )
+            ]
+            what = ", ".join(f"outbox {email.id} ({email.kind})" for email in bounced)
+            reason = (
+                f"bounce of {what}, status {status or 'unknown'}"
+                if bounced
+                else "bounce for no known email"
+            )
+            done = await sql.finish_inbound(
+                db, inbound_id, state="ignored", reason=reason, now=self.store.clock()
+            )
+        if done:
+            logger.info("inbound %d: %s", inbound_id, reason)
+        return Outcome(inbound_id, "ignored", reason) if done else None
+
+    async def explain(self, inbound_id: int) -> list[str]:
+        """Describe each intake decision for a stored message, changing nothing."""
+        row = await self.store.inbound_row(inbound_id)
+        if row is None:
+            raise NotFoundError(
+                f"inbound {inbound_id} not found; see peb-mail inbound list"
+            )
+        rcpt_tos = [address.lower() for address in json.loads(row["rcpt_tos"])]
+        lines = [
+            f"message {inbound_id}: envelope from {row['mail_from'] or '<>'} to "
+            f"{', '.join(rcpt_tos)}; stored state {row['state']}"
+            + (f" ({row['reason']})" if row["reason"] else ""),
+        ]
+        if any(
+            a.startswith("bounces") and a.endswith("@" + self.domain) for a in rcpt_tos
+        ):
+            report = delivery_report(row["raw"])
+            lines.append(
+                f"bounce: addressed to our bounce address; status "
+                f"{report.status if report else 'unknown'}"
+                + (f" ({'hard' if report.hard else 'soft'})" if report else "")
+            )
+            return lines
+        try:
+            parsed = parse(row["raw"])
+        except Exception as exc:
+            lines.append(
+                f"parse: failed, would quarantine: {type(exc).__name__}: {exc}"
+            )
+            return lines
+        lines.append(
+            f"parse: From {parsed.from_address!r}, Subject {parsed.subject!r}, "
+            f"Message-ID {parsed.message_id}, In-Reply-To {list(parsed.in_reply_to)}, "
+            f"{len(parsed.references)} References, "
+            f"{len(parsed.attachments)} attachments "
+            f"{[a.filename for a in parsed.attachments]}"
+        )
+        skip = self._automatic_reason(row["mail_from"], parsed)
+        lines.append(
+            f"classify: {'machine-sent, not answered: ' + skip if skip else 'written by a person'}"
+        )
+        lines.append(
+            f"extract: {'quoted history removed' if parsed.had_quote else 'no quoted history'}; new text:"
+        )
+        lines.extend(
+            "    | " + line for line in (parsed.new_text or "(empty)").splitlines()
+        )
+        if skip:
+            return lines
+        async with self.store.read() as db:
+            student = await sql.fetch_student(db, parsed.from_address)
+            if student is None:
+                lines.append("student: not enrolled, would get one notice a day")
+                return lines
+            lines.append(
+                f"student: {student.email} ({student.name}, cohort {student.cohort})"
+            )
+            to_service = self.config.service.service_address in rcpt_tos
+            command = (
+                parse_command(parsed.subject, parsed.new_text) if to_service else None
+            )
+            if command:
+                lines.append(
+                    f"command: {command.name} {command.argument or ''}".rstrip()
+                )
+                return lines
+            matched = await self._match(db, student, parsed, rcpt_tos)
+        if matched is None:
+            lines.append(
+                "match: none; would send HELP"
+                if to_service
+                else "match: none; would send a notice"
+            )
+        else:
+            attempt, kind = matched
+            lines.append(
+                f"match: attempt {attempt.id} ({attempt.scenario_id}, state {attempt.state})"
+                + (f", by a reply to our {kind}" if kind else "")
+            )
+        return lines
 
     def _automatic_reason(self, mail_from: str, parsed: ParsedEmail) -> str | None:
         if parsed.automatic:

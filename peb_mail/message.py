@@ -94,6 +94,12 @@ def parse(raw: bytes) -> ParsedEmail:
     reply = extract_reply(body_text)
 
     attachments = _attachments(headers)
+    if not reply.text.strip() and any(_is_tnef(item) for item in attachments):
+        # Outlook sometimes sends the whole body as TNEF. Grading it as empty
+        # would be wrong, so a person has to look at it.
+        raise UnreadableBodyError(
+            "Outlook TNEF (winmail.dat) body with no readable text; needs manual review"
+        )
     subject = _decoded_header(headers, "Subject")
     return ParsedEmail(
         message_id=_first(parse_message_ids(_decoded_header(headers, "Message-ID"))),
@@ -131,6 +137,55 @@ def classify_automatic(headers: email.message.Message, subject: str) -> str | No
     return None
 
 
+class UnreadableBodyError(ValueError):
+    """The message has a body we cannot read as text."""
+
+
+def _is_tnef(item: AttachmentInfo) -> bool:
+    return (
+        item.content_type == "application/ms-tnef"
+        or item.filename.lower() == "winmail.dat"
+    )
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """The parts of a bounce that matter: how final it is and why."""
+
+    status: str
+    action: str
+    diagnostic: str
+
+    @property
+    def hard(self) -> bool:
+        return self.status.startswith("5") or (
+            not self.status and self.action == "failed"
+        )
+
+
+def delivery_report(raw: bytes) -> DeliveryReport | None:
+    """Read the RFC 3464 status of a bounce, or None when it has no report part."""
+    message = email.message_from_bytes(raw, policy=email.policy.compat32)
+    for part in message.walk():
+        if part.get_content_type() != "message/delivery-status":
+            continue
+        payload = part.get_payload()
+        blocks = payload if isinstance(payload, list) else []
+        # The first block is per message; the rest are per recipient.
+        for block in blocks[1:] or blocks:
+            status = str(block.get("Status", "")).strip().split(" ")[0]
+            action = str(block.get("Action", "")).strip().lower()
+            if status or action:
+                return DeliveryReport(
+                    status=status,
+                    action=action,
+                    diagnostic=" ".join(str(block.get("Diagnostic-Code", "")).split())[
+                        :300
+                    ],
+                )
+    return None
+
+
 class SenderError(ValueError):
     """The From header does not name exactly one clear sender."""
 
@@ -152,7 +207,9 @@ def _single_from(values: list[str]) -> tuple[str, str]:
     try:
         header = email.policy.default.header_factory("From", raw)
         strict = list(header.addresses)  # type: ignore[attr-defined]
-        defects = [d for d in header.defects if isinstance(d, email.errors.InvalidHeaderDefect)]  # type: ignore[attr-defined]
+        defects = [
+            d for d in header.defects if isinstance(d, email.errors.InvalidHeaderDefect)
+        ]  # type: ignore[attr-defined]
     except (IndexError, ValueError, TypeError) as exc:
         raise SenderError(f"unreadable From header: {exc}") from exc
     if defects or len(strict) != 1:

@@ -38,7 +38,11 @@ create table if not exists students (
     email text not null unique,
     name text not null,
     cohort text not null,
-    created_at real not null
+    created_at real not null,
+    -- Hard bounces of mail to this student; at HARD_BOUNCE_LIMIT the address
+    -- is flagged for an admin to check.
+    hard_bounces integer not null default 0,
+    flagged text
 );
 create table if not exists cohort_instructors (
     cohort text not null,
@@ -109,9 +113,13 @@ create table if not exists outbox (
     created_at real not null,
     -- Set by "outbox retry": the dead-after age counts from here.
     revived_at real,
-    sent_at real
+    sent_at real,
+    -- Set when a bounce for this email comes back (RFC 3464 status, e.g. 5.1.1).
+    bounced_at real,
+    bounce_status text
 );
 create index if not exists outbox_ready on outbox (state, not_before);
+create index if not exists outbox_envelope on outbox (envelope_from);
 create table if not exists thread_ids (
     message_id text primary key,
     attempt_id integer not null
@@ -130,6 +138,8 @@ class Student:
     email: str
     name: str
     cohort: str
+    hard_bounces: int = 0
+    flagged: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +188,8 @@ class OutboxEmail:
     created_at: float
     sent_at: float | None
     revived_at: float | None = None
+    bounced_at: float | None = None
+    bounce_status: str | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +259,31 @@ class Store:
                 await self._db.execute("rollback")
                 raise
             await self._db.execute("commit")
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Give the connection for reads only, outside any write transaction."""
+        async with self._lock:
+            yield self._db
+
+    async def release_inbound(self, inbound_ids: list[int]) -> int:
+        """Send quarantined messages through intake again."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                f"update inbound set state = 'received', reason = null, processed_at = null "
+                f"where state = 'quarantined' and id in ({','.join('?' * len(inbound_ids))})",
+                inbound_ids,
+            )
+            return cursor.rowcount
+
+    async def find_inbound(self, ref: str) -> sqlite3.Row | None:
+        """Find a received message by its number or its Message-ID."""
+        if ref.isdigit():
+            return await self.inbound_row(int(ref))
+        return await self._fetchone(
+            "select * from inbound where message_id = ? order by id desc limit 1",
+            (ref.strip().strip("<>"),),
+        )
 
     async def _fetchall(
         self, sql: str, params: Iterable[Any] = ()
@@ -363,20 +400,21 @@ class Store:
 
     async def list_students(self) -> list[Student]:
         rows = await self._fetchall(
-            "select id, email, name, cohort from students order by cohort, email"
+            "select id, email, name, cohort, hard_bounces, flagged from students order by cohort, email"
         )
         return [Student(**dict(row)) for row in rows]
 
     async def student_by_email(self, email: str) -> Student | None:
         row = await self._fetchone(
-            "select id, email, name, cohort from students where email = ?",
+            "select id, email, name, cohort, hard_bounces, flagged from students where email = ?",
             (email.lower(),),
         )
         return Student(**dict(row)) if row else None
 
     async def student_by_id(self, student_id: int) -> Student | None:
         row = await self._fetchone(
-            "select id, email, name, cohort from students where id = ?", (student_id,)
+            "select id, email, name, cohort, hard_bounces, flagged from students where id = ?",
+            (student_id,),
         )
         return Student(**dict(row)) if row else None
 
@@ -670,9 +708,46 @@ async def closest_known_id(
     return None
 
 
+HARD_BOUNCE_LIMIT = 3
+
+
+async def record_bounce(
+    db: aiosqlite.Connection, envelope_to: str, status: str, hard: bool, now: float
+) -> OutboxEmail | None:
+    """Mark the email a bounce is about; count hard bounces per student.
+
+    Returns the bounced email, or None when the address matches none.
+    """
+    async with db.execute(
+        "select * from outbox where envelope_from = ?", (envelope_to.lower(),)
+    ) as cursor:
+        row = await cursor.fetchone()
+    if row is None:
+        return None
+    email = _outbox_from_row(row)
+    await db.execute(
+        "update outbox set bounced_at = ?, bounce_status = ? where id = ?",
+        (now, status or "unknown", email.id),
+    )
+    if hard:
+        for address in email.rcpt_tos:
+            await db.execute(
+                "update students set hard_bounces = hard_bounces + 1, "
+                "flagged = case when hard_bounces + 1 >= ? then ? else flagged end "
+                "where email = ?",
+                (
+                    HARD_BOUNCE_LIMIT,
+                    f"{HARD_BOUNCE_LIMIT} or more hard bounces",
+                    address.lower(),
+                ),
+            )
+    return email
+
+
 async def fetch_student(db: aiosqlite.Connection, email: str) -> Student | None:
     async with db.execute(
-        "select id, email, name, cohort from students where email = ?", (email.lower(),)
+        "select id, email, name, cohort, hard_bounces, flagged from students where email = ?",
+        (email.lower(),),
     ) as cursor:
         row = await cursor.fetchone()
     return Student(**dict(row)) if row else None

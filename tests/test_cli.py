@@ -962,3 +962,65 @@ def test_scenarios_preview_unknown(cli: Cli) -> None:
 
     assert result.code == 2
     assert "no-such-thing" in result.err
+
+
+# -- extract, replay, quarantine --------------------------------------------------
+
+
+def test_extract_full_message(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "reply.eml"
+    path.write_bytes(
+        b"From: Ana <ana@student.test>\r\nTo: x@peb-mail.test\r\nSubject: Re: notes\r\n\r\n"
+        b"Hi Priya,\r\n\r\nWho will read the notes?\r\n\r\nBest,\r\nAna\r\n\r\n"
+        b"On Mon, 1 Dec 2026 at 09:00, Priya <p@x.test> wrote:\r\n> Please clean up the notes.\r\n"
+    )
+
+    result = cli("extract", str(path))
+
+    assert result.code == 0
+    assert "Who will read the notes?" in result.out
+    assert "Please clean up" not in result.out
+
+
+def test_extract_bare_body(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "body.txt"
+    path.write_text("Thanks, I will do it today.\n\n> quoted history\n")
+
+    result = cli("extract", str(path))
+
+    assert result.code == 0
+    assert result.out.strip() == "Thanks, I will do it today."
+
+
+def test_replay_shows_decisions(cli: Cli, database: Path) -> None:
+    asyncio.run(add_inbound(database))
+
+    result = cli("replay", "1")
+
+    # The stored message has no From header, so intake would quarantine it.
+    assert result.code == 0
+    assert "message 1: envelope from ana@student.test" in result.out
+    assert "parse: failed, would quarantine" in result.out
+
+
+def test_replay_unknown_message(cli: Cli) -> None:
+    result = cli("replay", "<nothing@here>")
+
+    assert result.code == 2
+    assert "not found" in result.err
+
+
+def test_quarantine_release_needs_quarantined(cli: Cli, database: Path) -> None:
+    asyncio.run(add_inbound(database))
+
+    result = cli("quarantine", "release", "1")
+
+    assert result.code == 2
+    assert "not quarantined" in result.err
+
+
+def test_quarantine_list_empty(cli: Cli) -> None:
+    result = cli("quarantine", "list", "--json")
+
+    assert result.code == 0
+    assert result.json() == []

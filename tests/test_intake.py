@@ -409,3 +409,110 @@ async def test_forged_token_in_database_ignored(harness: Harness) -> None:
     )
     assert outcome.state == "rejected"
     assert outcome.attempt_id is None
+
+
+def dsn(original_to: str, status: str, action: str = "failed") -> bytes:
+    return (
+        "From: MAILER-DAEMON@mx.student.test\r\n"
+        f"To: bounce@{DOMAIN}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n'
+        "MIME-Version: 1.0\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\n"
+        "Your message could not be delivered.\r\n--B\r\n"
+        "Content-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.student.test\r\n\r\n"
+        f"Final-Recipient: rfc822; {original_to}\r\nAction: {action}\r\n"
+        f"Status: {status}\r\nDiagnostic-Code: smtp; 550 {status} no such user\r\n"
+        "--B--\r\n"
+    ).encode()
+
+
+async def test_bounce_recorded_against_email(harness: Harness) -> None:
+    await start(harness)
+    [brief] = await harness.store.list_outbox()
+    assert brief.envelope_from.startswith("bounces+")
+    outcome = await harness.deliver(
+        dsn(STUDENT, "5.1.1"), brief.envelope_from, mail_from=""
+    )
+    [stored] = await harness.store.list_outbox()
+    [student] = [s for s in await harness.store.list_students() if s.email == STUDENT]
+    assert outcome.state == "ignored"
+    assert f"outbox {brief.id} (brief)" in outcome.reason
+    assert stored.bounce_status == "5.1.1"
+    assert student.hard_bounces == 1
+    assert student.flagged is None
+    assert len(await harness.store.list_outbox()) == 1
+
+
+async def test_repeated_hard_bounces_flag_student(harness: Harness) -> None:
+    for _ in range(3):
+        await start(harness)
+    emails = await harness.store.list_outbox()
+    for item in emails:
+        await harness.deliver(dsn(STUDENT, "5.1.1"), item.envelope_from, mail_from="")
+    [student] = [s for s in await harness.store.list_students() if s.email == STUDENT]
+    assert student.hard_bounces == 3
+    assert student.flagged is not None
+
+
+async def test_soft_bounce_not_counted(harness: Harness) -> None:
+    await start(harness)
+    [brief] = await harness.store.list_outbox()
+    await harness.deliver(
+        dsn(STUDENT, "4.4.1", "delayed"), brief.envelope_from, mail_from=""
+    )
+    [student] = [s for s in await harness.store.list_students() if s.email == STUDENT]
+    [stored] = await harness.store.list_outbox()
+    assert stored.bounce_status == "4.4.1"
+    assert student.hard_bounces == 0
+
+
+async def test_tnef_only_body_quarantined(harness: Harness) -> None:
+    attempt = await start(harness)
+    message = mail("Correction", "", to=counterpart(attempt))
+    message.clear_content()
+    message.add_attachment(
+        b"\x78\x9f\x3e\x22" + b"\x00" * 64,
+        maintype="application",
+        subtype="ms-tnef",
+        filename="winmail.dat",
+    )
+    outcome = await harness.deliver(message, counterpart(attempt))
+    assert outcome.state == "quarantined"
+    assert "TNEF" in outcome.reason
+    assert await harness.store.list_jobs() == []
+
+
+async def test_explain_reports_each_decision(harness: Harness) -> None:
+    attempt = await start(harness)
+    message = mail(
+        "Correction", GOOD_ANSWER + "\n\n> old quoted line", to=counterpart(attempt)
+    )
+    inbound_id = await harness.store.ingest(
+        peer="p",
+        mail_from=STUDENT,
+        rcpt_tos=[counterpart(attempt)],
+        message_id="explain@student.test",
+        raw=message.as_bytes(),
+    )
+    assert inbound_id is not None
+    lines = await harness.intake.explain(inbound_id)
+    text = "\n".join(lines)
+    row = await harness.store.inbound_row(inbound_id)
+    assert "classify: written by a person" in text
+    assert "quoted history removed" in text
+    assert "$14,200" in text
+    assert f"match: attempt {attempt.id}" in text
+    assert row is not None and row["state"] == "received"
+
+
+async def test_released_quarantine_processed_again(harness: Harness) -> None:
+    raw = (
+        f"From: {STUDENT}, {OTHER}\r\nTo: {SERVICE}\r\nSubject: LIST\r\n"
+        "Message-ID: <twice@student.test>\r\n\r\nLIST\r\n"
+    ).encode()
+    outcome = await harness.deliver(raw, SERVICE)
+    assert outcome.state == "quarantined"
+    assert await harness.store.release_inbound([outcome.inbound_id]) == 1
+    again = await harness.intake.process(outcome.inbound_id)
+    assert again is not None
+    assert again.state == "quarantined"
