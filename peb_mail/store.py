@@ -217,6 +217,11 @@ class Store:
         self._db = db
         self._lock = asyncio.Lock()
         self.clock = clock
+        # Messages waiting for the next group commit, and the task doing it.
+        self._ingest_waiting: list[
+            tuple[tuple[Any, ...], asyncio.Future[int | None]]
+        ] = []
+        self._ingest_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -313,22 +318,51 @@ class Store:
 
         Returns None for a duplicate delivery (same Message-ID from the same
         envelope sender), which the caller still acknowledges with 250.
+        Messages that arrive while a commit runs wait and are committed
+        together in the next transaction (group commit): each caller returns
+        only after the transaction holding its message has committed, so the
+        durability of each message is unchanged and one fsync serves many.
+        Raises the storage error when that transaction fails.
         """
-        async with self.transaction() as db:
-            cursor = await db.execute(
-                "insert or ignore into inbound "
-                "(received_at, peer, mail_from, rcpt_tos, message_id, raw) "
-                "values (?, ?, ?, ?, ?, ?)",
-                (
-                    self.clock(),
-                    peer,
-                    mail_from.lower(),
-                    json.dumps(rcpt_tos),
-                    message_id,
-                    raw,
-                ),
-            )
-            return cursor.lastrowid if cursor.rowcount == 1 else None
+        row = (
+            self.clock(),
+            peer,
+            mail_from.lower(),
+            json.dumps(rcpt_tos),
+            message_id,
+            raw,
+        )
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._ingest_waiting.append((row, future))
+        if self._ingest_task is None or self._ingest_task.done():
+            self._ingest_task = asyncio.create_task(self._commit_waiting())
+        return await future
+
+    async def _commit_waiting(self) -> None:
+        while self._ingest_waiting:
+            batch, self._ingest_waiting = self._ingest_waiting, []
+            results: list[int | None] = []
+            try:
+                async with self.transaction() as db:
+                    for row, _ in batch:
+                        cursor = await db.execute(
+                            "insert or ignore into inbound "
+                            "(received_at, peer, mail_from, rcpt_tos, message_id, raw) "
+                            "values (?, ?, ?, ?, ?, ?)",
+                            row,
+                        )
+                        results.append(
+                            cursor.lastrowid if cursor.rowcount == 1 else None
+                        )
+            except Exception as exc:
+                for _, future in batch:
+                    # A caller whose SMTP session closed has a cancelled future.
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
     async def received_inbound_ids(self, limit: int = 50) -> list[int]:
         rows = await self._fetchall(

@@ -427,3 +427,38 @@ async def test_transaction_error_rolls_back(store: Store, clock: FakeClock) -> N
     # The lock and the connection are free again after the rollback.
     await queue_email(store, new_email("<f2@peb-mail.test>"))
     assert len(await store.list_outbox()) == 1
+
+
+async def test_group_commit_each_caller_sees_commit(tmp_path: Path) -> None:
+    path = tmp_path / "group.sqlite3"
+    store = await Store.open(path)
+    other = sqlite3.connect(path)
+    try:
+
+        async def ingest_and_check(index: int) -> bool:
+            inbound_id = await store.ingest(
+                peer="p",
+                mail_from="a@b.test",
+                rcpt_tos=["x@y.test"],
+                message_id=f"group-{index}@b.test",
+                raw=b"x",
+            )
+            # Committed before ingest returned: a second connection sees it.
+            row = other.execute(
+                "select 1 from inbound where id = ?", (inbound_id,)
+            ).fetchone()
+            return row is not None
+
+        results = await asyncio.gather(*(ingest_and_check(i) for i in range(50)))
+        duplicate = await store.ingest(
+            peer="p",
+            mail_from="A@B.test",
+            rcpt_tos=["x@y.test"],
+            message_id="group-3@b.test",
+            raw=b"x",
+        )
+    finally:
+        other.close()
+        await store.close()
+    assert all(results)
+    assert duplicate is None
