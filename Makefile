@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format typecheck all clean
+.PHONY: install demo test soak corpus bench lint format typecheck all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Not part of make test: each runs for minutes and prints figures.
+soak: $(STAMP)
+	$(BIN)/python scripts/soak.py
+
+corpus: $(STAMP)
+	$(BIN)/python scripts/compare_extractors.py
+	$(BIN)/python scripts/corpus_pipeline.py
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check peb_mail tests scripts
