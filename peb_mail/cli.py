@@ -649,7 +649,7 @@ async def cmd_quarantine_release(args: argparse.Namespace, config: Config) -> in
                     f"message {inbound_id} is {row['state']}, not quarantined; only "
                     "quarantined messages can be released"
                 )
-        count = await store.release_inbound(args.ids)
+        count = await store.release_inbound(args.ids, trust=args.trust)
     finally:
         await store.close()
     console.print(
@@ -886,12 +886,18 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine_list.add_argument(
         "--limit", type=int, default=100, help="rows to show (default 100)"
     )
-    add(
+    release = add(
         "release",
         cmd_quarantine_release,
         "send quarantined messages through intake again (after a fix or review)",
         sub=quarantine,
-    ).add_argument("ids", nargs="+", type=int, help="message numbers")
+    )
+    release.add_argument("ids", nargs="+", type=int, help="message numbers")
+    release.add_argument(
+        "--trust",
+        action="store_true",
+        help="mark the messages as genuine so the sender policy does not hold them again",
+    )
     add(
         "extract",
         cmd_extract,

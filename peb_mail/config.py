@@ -40,6 +40,11 @@ class ServiceConfig:
     # Keys for reply tokens, used when $PEB_MAIL_SECRET is not set. Created
     # on first start with mode 600.
     secret_file: Path = Path("var/secret.key")
+    # What proves a submission comes from the student: "token" (default),
+    # "token+dmarc", "dkim" or "none". See peb_mail.trust.
+    sender_policy: str = "token"
+    # authserv-ids of your own MTA, trusted in Authentication-Results.
+    trusted_authserv_ids: tuple[str, ...] = ()
 
     @property
     def service_address(self) -> str:
@@ -53,6 +58,21 @@ class ListenerConfig:
     max_message_bytes: int = 10 * 1024 * 1024
     # Where `serve` writes the bound port, useful with port = 0.
     port_file: Path | None = None
+    max_recipients: int = 50
+    max_sessions: int = 100
+    # Calls of any one SMTP command in a session (aiosmtpd's command_call_limit).
+    max_commands_per_session: int = 1000
+    # A session that sends nothing for this long is closed.
+    idle_timeout_s: float = 300.0
+    # Messages per minute before 451 "try later"; 0 turns a limit off.
+    messages_per_ip_per_minute: int = 0
+    messages_per_sender_per_minute: int = 0
+    # Peers the per-IP limit skips, such as a local MTA that relays to us.
+    rate_limit_exempt: tuple[str, ...] = ("127.0.0.1", "::1")
+    # PEM files for STARTTLS; both or neither.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    require_tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -275,6 +295,16 @@ def _validate(where: str, config: Config) -> None:
             f"{config.service.address!r}",
         ),
         (
+            config.service.sender_policy in ("none", "token", "token+dmarc", "dkim"),
+            f'service.sender_policy must be "none", "token", "token+dmarc" or "dkim", '
+            f"got {config.service.sender_policy!r}",
+        ),
+        (
+            config.service.sender_policy != "token+dmarc"
+            or bool(config.service.trusted_authserv_ids),
+            'service.trusted_authserv_ids must name your MTA when sender_policy is "token+dmarc"',
+        ),
+        (
             config.grader.kind in ("offline", "llm"),
             f'grader.kind must be "offline" or "llm", got {config.grader.kind!r}',
         ),
@@ -319,6 +349,20 @@ def _validate(where: str, config: Config) -> None:
             config.instructors.delivery in ("separate", "cc", "none"),
             f'instructors.delivery must be "separate", "cc" or "none", got '
             f"{config.instructors.delivery!r}",
+        ),
+        (
+            (config.listener.tls_cert_file is None)
+            == (config.listener.tls_key_file is None),
+            "listener.tls_cert_file and listener.tls_key_file must be set together",
+        ),
+        (
+            not config.listener.require_tls
+            or config.listener.tls_cert_file is not None,
+            "listener.require_tls needs listener.tls_cert_file and tls_key_file",
+        ),
+        (
+            config.listener.max_recipients >= 1 and config.listener.max_sessions >= 1,
+            "listener.max_recipients and listener.max_sessions must be at least 1",
         ),
         (
             0 <= config.listener.port <= 65535,

@@ -27,6 +27,7 @@ from .models import MAX_TOTAL, Artefact, Scenario
 from .scenarios import find_scenario
 from .store import Attempt, Store, Student
 from .tokens import TokenSigner, load_signer
+from .trust import DnsLookup, check_sender
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class Intake:
         scenarios: list[Scenario],
         config: Config,
         signer: TokenSigner | None = None,
+        dns_lookup: DnsLookup | None = None,
     ) -> None:
         self.store = store
         self.composer = composer
@@ -97,6 +99,8 @@ class Intake:
         self.config = config
         self.domain = config.service.domain
         self.signer = signer or load_signer(config.service.secret_file)
+        # DKIM key lookups; None uses dkimpy's DNS resolver.
+        self.dns_lookup = dns_lookup
 
     async def process_pending(self) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -141,7 +145,9 @@ class Intake:
 
         try:
             async with self.store.transaction() as db:
-                outcome = await self._decide(db, inbound_id, parsed, rcpt_tos)
+                outcome = await self._decide(
+                    db, inbound_id, parsed, rcpt_tos, row["raw"], bool(row["trusted"])
+                )
                 if outcome is None:
                     # Another process finished this row first, so undo our writes.
                     raise _AlreadyProcessed
@@ -266,10 +272,26 @@ class Intake:
                 else "match: none; would send a notice"
             )
         else:
-            attempt, kind = matched
+            attempt, kind, method = matched
             lines.append(
-                f"match: attempt {attempt.id} ({attempt.scenario_id}, state {attempt.state})"
-                + (f", by a reply to our {kind}" if kind else "")
+                f"match: attempt {attempt.id} ({attempt.scenario_id}, state {attempt.state}) "
+                f"by {method}" + (f", a reply to our {kind}" if kind else "")
+            )
+            held = check_sender(
+                self.config.service.sender_policy,
+                matched_by=method,
+                raw=row["raw"],
+                from_address=parsed.from_address,
+                trusted_authserv_ids=self.config.service.trusted_authserv_ids,
+                dns_lookup=self.dns_lookup,
+            )
+            lines.append(
+                f"sender policy {self.config.service.sender_policy}: "
+                + (
+                    f"held for review: {held}"
+                    if held and not row["trusted"]
+                    else "passes"
+                )
             )
         return lines
 
@@ -297,6 +319,8 @@ class Intake:
         inbound_id: int,
         parsed: ParsedEmail,
         rcpt_tos: list[str],
+        raw: bytes = b"",
+        trusted: bool = False,
     ) -> Outcome | None:
         student = await sql.fetch_student(db, parsed.from_address)
         if student is None:
@@ -316,7 +340,7 @@ class Intake:
         to_service = self.config.service.service_address in rcpt_tos
         command = parse_command(parsed.subject, parsed.new_text) if to_service else None
         matched = None if command else await self._match(db, student, parsed, rcpt_tos)
-        attempt, replied_to = matched if matched else (None, None)
+        attempt, replied_to, matched_by = matched if matched else (None, None, "")
 
         if command:
             attempt_id = await self._run_command(db, command, student, parsed)
@@ -338,6 +362,27 @@ class Intake:
                 student.id,
                 attempt.id,
             )
+        if attempt is not None and not trusted:
+            held = check_sender(
+                self.config.service.sender_policy,
+                matched_by=matched_by,
+                raw=raw,
+                from_address=parsed.from_address,
+                trusted_authserv_ids=self.config.service.trusted_authserv_ids,
+                dns_lookup=self.dns_lookup,
+            )
+            if held:
+                await self._tell_instructors_held(
+                    db, inbound_id, student, attempt, held
+                )
+                return await self._finish(
+                    db,
+                    inbound_id,
+                    "quarantined",
+                    f"held for review: {held}",
+                    student.id,
+                    attempt.id,
+                )
         if attempt is not None:
             return await self._submit(db, inbound_id, parsed, student, attempt)
         if to_service:
@@ -362,12 +407,13 @@ class Intake:
         student: Student,
         parsed: ParsedEmail,
         rcpt_tos: list[str],
-    ) -> tuple[Attempt, str | None] | None:
-        """Find the attempt a message answers, and the kind of email it replies to.
+    ) -> tuple[Attempt, str | None, str] | None:
+        """Find the attempt a message answers.
 
-        Thread ids come first, then a token in a recipient address, then the
-        sender's only open attempt. The kind is "brief", "starter", "feedback"
-        and so on for a thread match, else None.
+        Returns (attempt, kind, method). Thread ids come first, then a token in
+        a recipient address, then the sender's only open attempt; ``method``
+        says which ("thread", "token" or "only-open"). ``kind`` is the kind of
+        our email that a thread match replies to ("brief", "feedback"...).
         """
         known_id = await sql.closest_known_id(
             db, [*parsed.references, *parsed.in_reply_to]
@@ -376,7 +422,7 @@ class Intake:
             attempt_id = await sql.attempt_for_message_ids(db, [known_id])
             attempt = await sql.fetch_attempt(db, attempt_id) if attempt_id else None
             if attempt and attempt.student_id == student.id:
-                return attempt, await sql.thread_kind(db, known_id)
+                return attempt, await sql.thread_kind(db, known_id), "thread"
         for address in rcpt_tos:
             token = token_of(address, self.domain)
             if token:
@@ -388,12 +434,46 @@ class Intake:
                     and attempt.student_id == student.id
                     and self.signer.verify(token, student.id, attempt.id)
                 ):
-                    return attempt, None
+                    return attempt, None, "token"
         if self.config.service.service_address not in rcpt_tos:
             open_attempts = await sql.open_attempts(db, student.id)
             if len(open_attempts) == 1:
-                return open_attempts[0], None
+                return open_attempts[0], None, "only-open"
         return None
+
+    async def _tell_instructors_held(
+        self,
+        db: aiosqlite.Connection,
+        inbound_id: int,
+        student: Student,
+        attempt: Attempt,
+        reason: str,
+    ) -> None:
+        """Tell the cohort's instructors that a submission waits for their review."""
+        instructors = sorted(
+            {
+                *await sql.cohort_instructors_in(db, student.cohort),
+                *self.config.cohorts.get(student.cohort, ()),
+            }
+        )
+        if not instructors:
+            return
+        text = (
+            f"A submission that names {student.name} <{student.email}> as its sender "
+            f"for attempt {attempt.id} ({attempt.scenario_id}) was held and not "
+            f"graded.\n\nReason: {reason}\n\nIf you know it is genuine, an admin can "
+            f"grade it with:\n\n    peb-mail quarantine release --trust {inbound_id}\n"
+        )
+        notice = self.composer.build(
+            kind="held",
+            sender=self.composer.service,
+            to=[Mailbox("", address) for address in instructors],
+            subject=f"[peb-mail] Held for review: {student.name}, attempt {attempt.id}",
+            text=text,
+            attempt_id=attempt.id,
+            auto_submitted="auto-generated",
+        )
+        await sql.insert_outbox(db, notice, self.store.clock())
 
     async def _explain_brief_reply(
         self,

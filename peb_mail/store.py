@@ -61,7 +61,9 @@ create table if not exists inbound (
     reason text,
     student_id integer,
     attempt_id integer,
-    processed_at real
+    processed_at real,
+    -- Set by "quarantine release --trust": skip the sender policy once.
+    trusted integer not null default 0
 );
 create unique index if not exists inbound_dedup
     on inbound (mail_from, message_id) where message_id is not null;
@@ -271,13 +273,18 @@ class Store:
         async with self._lock:
             yield self._db
 
-    async def release_inbound(self, inbound_ids: list[int]) -> int:
-        """Send quarantined messages through intake again."""
+    async def release_inbound(self, inbound_ids: list[int], trust: bool = False) -> int:
+        """Send quarantined messages through intake again.
+
+        ``trust`` marks them as genuine, so the sender policy does not hold
+        them a second time.
+        """
         async with self.transaction() as db:
             cursor = await db.execute(
-                f"update inbound set state = 'received', reason = null, processed_at = null "
+                f"update inbound set state = 'received', reason = null, processed_at = null, "
+                f"trusted = ? "
                 f"where state = 'quarantined' and id in ({','.join('?' * len(inbound_ids))})",
-                inbound_ids,
+                [1 if trust else 0, *inbound_ids],
             )
             return cursor.rowcount
 
@@ -776,6 +783,14 @@ async def record_bounce(
                 ),
             )
     return email
+
+
+async def cohort_instructors_in(db: aiosqlite.Connection, cohort: str) -> list[str]:
+    async with db.execute(
+        "select email from cohort_instructors where cohort = ? order by email",
+        (cohort,),
+    ) as cursor:
+        return [row["email"] for row in await cursor.fetchall()]
 
 
 async def fetch_student(db: aiosqlite.Connection, email: str) -> Student | None:

@@ -21,7 +21,7 @@ from peb_mail.intake import Command, Intake, Outcome, parse_command, token_of
 from peb_mail.scenarios import load_scenarios
 from peb_mail.store import Store
 
-from .conftest import DOMAIN, SERVICE, STUDENT, make_config
+from .conftest import DOMAIN, INSTRUCTOR, SERVICE, STUDENT, make_config
 
 OTHER = "ben.okafor@student.test"
 DAY_S = 86400.0
@@ -247,11 +247,53 @@ async def test_status_shows_where_to_write(harness: Harness) -> None:
     assert counterpart(attempt) in status
 
 
-async def test_only_open_attempt_fallback(harness: Harness) -> None:
+async def test_only_open_attempt_held_by_token_policy(harness: Harness) -> None:
     attempt = await start(harness)
     plain = f"daniel.okafor@{DOMAIN}"
     outcome = await harness.deliver(mail("Correction", GOOD_ANSWER, to=plain), plain)
+    held = [item for item in await harness.store.list_outbox() if item.kind == "held"]
     assert outcome.attempt_id == attempt.id
+    assert outcome.state == "quarantined"
+    assert outcome.reason.startswith("held for review: no reply token")
+    assert await harness.store.list_jobs() == []
+    assert [item.rcpt_tos for item in held] == [(INSTRUCTOR,)]
+
+
+async def test_trusted_release_grades_held_mail(harness: Harness) -> None:
+    await start(harness)
+    plain = f"daniel.okafor@{DOMAIN}"
+    outcome = await harness.deliver(mail("Correction", GOOD_ANSWER, to=plain), plain)
+    assert await harness.store.release_inbound([outcome.inbound_id], trust=True) == 1
+    again = await harness.intake.process(outcome.inbound_id)
+    assert again is not None
+    assert again.reason == "submission queued"
+
+
+async def test_only_open_attempt_fallback_policy_none(tmp_path: Path) -> None:
+    config = make_config(tmp_path, service={"sender_policy": "none"})
+    store = await Store.open(config.service.database)
+    try:
+        await store.upsert_students([(STUDENT, "Ana Silva", "demo")], {})
+        harness = Harness(
+            config,
+            store,
+            Intake(
+                store,
+                Composer(config),
+                load_scenarios(config.service.scenarios_dir),
+                config,
+            ),
+            Clock(),
+        )
+        attempt = await start(harness)
+        plain = f"daniel.okafor@{DOMAIN}"
+        outcome = await harness.deliver(
+            mail("Correction", GOOD_ANSWER, to=plain), plain
+        )
+    finally:
+        await store.close()
+    assert outcome.attempt_id == attempt.id
+    assert outcome.reason == "submission queued"
 
 
 async def test_two_open_attempts_no_fallback(harness: Harness) -> None:
