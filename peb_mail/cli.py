@@ -28,7 +28,9 @@ logger = logging.getLogger(__name__)
 _EMAIL_RE = re.compile(r"^[^@\s<>()\[\],;:\"]+@[a-z0-9-]+(\.[a-z0-9-]+)+$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
-console = Console()
+# A pipe or a file gets wide lines instead of rich's 80-column default, so
+# addresses and ids are not folded.
+console = Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def _time(value: float | None) -> str:

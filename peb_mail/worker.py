@@ -233,9 +233,8 @@ class GradingWorker:
             text=self.composer.render(
                 "notice.txt.j2",
                 student_name=student.name.split()[0] if student.name.split() else "",
-                text=refusal
-                + " Please write your answer and send it again. It will be graded "
-                "for the same scenario.",
+                # Every refusal text already says what to send instead.
+                text=refusal + " It will be graded for the same scenario.",
             ),
             reply_to=self.composer.reply_address(attempt.token),
             in_reply_to=message_id,
