@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -682,6 +683,83 @@ async def cmd_extract(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+async def cmd_student_export(args: argparse.Namespace, config: Config) -> int:
+    import dataclasses
+
+    store = await _open_store(config)
+    try:
+        data = await store.export_student(args.email)
+    finally:
+        await store.close()
+    if data is None:
+        raise NotFoundError(
+            f"student {args.email!r} not found; see peb-mail roster list"
+        )
+    folder = Path(args.out or f"export-{args.email.lower()}")
+    (folder / "emails").mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    for table in ("inbound", "outbox"):
+        for row in data[table]:
+            raw = row.pop("raw", b"") or b""
+            name = f"emails/{table}-{row['id']}.eml"
+            (folder / name).write_bytes(raw)
+            row["raw_file"] = name if raw else None
+    for row in data["attempts"]:
+        if row.get("verdict"):
+            row["verdict"] = json.loads(row["verdict"])
+        if row.get("attachments"):
+            row["attachments"] = json.loads(row["attachments"])
+    data["student"] = dataclasses.asdict(data["student"])
+    (folder / "student.json").write_text(
+        json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8"
+    )
+    console.print(
+        f"Exported {args.email}: {plural(len(data['attempts']), 'attempt')}, "
+        f"{plural(len(data['inbound']), 'received email')}, "
+        f"{plural(len(data['outbox']), 'sent email')} to {folder}/"
+    )
+    return 0
+
+
+async def cmd_student_delete(args: argparse.Namespace, config: Config) -> int:
+    if not args.yes:
+        raise ConfigError(
+            f"this deletes {args.email} and all their attempts and emails for good; "
+            "run 'peb-mail student export' first if you need a copy, then add --yes"
+        )
+    store = await _open_store(config)
+    try:
+        counts = await store.delete_student(args.email)
+    finally:
+        await store.close()
+    if counts is None:
+        raise NotFoundError(
+            f"student {args.email!r} not found; see peb-mail roster list"
+        )
+    console.print(
+        f"Deleted {args.email}: "
+        + ", ".join(f"{count} {table}" for table, count in counts.items() if count)
+    )
+    return 0
+
+
+async def cmd_purge(args: argparse.Namespace, config: Config) -> int:
+    days = args.days if args.days is not None else config.service.retention_days
+    if days <= 0:
+        raise ConfigError(
+            "no retention period: set service.retention_days in the config or pass --days N"
+        )
+    store = await _open_store(config)
+    try:
+        count = await store.purge_raw(store.clock() - days * 86400)
+    finally:
+        await store.close()
+    console.print(
+        f"Deleted the raw bytes of {plural(count, 'message')} older than {days} days."
+    )
+    return 0
+
+
 async def cmd_stats(args: argparse.Namespace, config: Config) -> int:
     store = await _open_store(config)
     try:
@@ -869,6 +947,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add("stats", cmd_stats, "count records by state", listing)
+    student = commands.add_parser(
+        "student", help="export or delete everything stored about one student"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = add(
+        "export",
+        cmd_student_export,
+        "write the student's data as JSON plus every raw email to a folder",
+        sub=student,
+    )
+    export.add_argument("email", help="the student's address")
+    export.add_argument("--out", metavar="DIR", help="folder (default: export-EMAIL)")
+    delete = add(
+        "delete",
+        cmd_student_delete,
+        "delete the student, their attempts, jobs, received and sent emails",
+        sub=student,
+    )
+    delete.add_argument("email", help="the student's address")
+    delete.add_argument("--yes", action="store_true", help="confirm the deletion")
+    add(
+        "purge",
+        cmd_purge,
+        "delete the raw bytes of processed messages older than the retention period",
+    ).add_argument(
+        "--days", type=int, help="retention in days (default: service.retention_days)"
+    )
     add(
         "replay",
         cmd_replay,
@@ -936,6 +1040,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         config = load_config(args.config)
+        setup_logging(
+            logging.DEBUG if args.verbose else logging.INFO,
+            redact_addresses=config.service.redact_addresses,
+        )
         return asyncio.run(args.handler(args, config))
     except (ConfigError, NotFoundError) as exc:
         print(f"peb-mail: error: {exc}", file=sys.stderr)

@@ -45,6 +45,10 @@ class ServiceConfig:
     sender_policy: str = "token"
     # authserv-ids of your own MTA, trusted in Authentication-Results.
     trusted_authserv_ids: tuple[str, ...] = ()
+    # Mask the local part of email addresses in logs ("a***@example.com").
+    redact_addresses: bool = False
+    # Raw received messages older than this many days are deleted; 0 keeps them.
+    retention_days: int = 0
 
     @property
     def service_address(self) -> str:

@@ -135,6 +135,8 @@ class Service:
                     name=f"worker-{index}",
                 )
             )
+        if config.service.retention_days > 0:
+            self.tasks.append(asyncio.create_task(self._purge_hourly(), name="purge"))
         sender = Sender(self.store, make_transport(config.outbox), config.outbox)
         self.tasks.append(
             asyncio.create_task(
@@ -154,6 +156,21 @@ class Service:
                     "warming up the grader failed; the first grading will retry"
                 )
         logger.info("grader %s ready in %.2fs", grader.name, time.monotonic() - started)
+
+    async def _purge_hourly(self) -> None:
+        """Delete raw messages past service.retention_days, once an hour."""
+        assert self.store is not None
+        days = self.config.service.retention_days
+        while not self.stop_event.is_set():
+            try:
+                count = await self.store.purge_raw(self.store.clock() - days * 86400)
+                if count:
+                    logger.info(
+                        "retention: deleted the raw bytes of %d messages", count
+                    )
+            except Exception:
+                logger.exception("retention purge failed; trying again in an hour")
+            await _wait_any(self.stop_event, self.stop_event, 3600.0)
 
     async def _run_intake(self, intake: Intake) -> None:
         assert self.store is not None

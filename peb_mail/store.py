@@ -664,6 +664,87 @@ class Store:
         )
         return row["due"] if row and row["due"] is not None else None
 
+    async def export_student(self, email: str) -> dict[str, Any] | None:
+        """Collect everything stored about one student, raw emails included."""
+        student = await self.student_by_email(email)
+        if student is None:
+            return None
+        attempts = [
+            dict(row)
+            for row in await self._fetchall(
+                "select * from attempts where student_id = ? order by id", (student.id,)
+            )
+        ]
+        inbound = [
+            dict(row)
+            for row in await self._fetchall(
+                "select * from inbound where student_id = ? or mail_from = ? order by id",
+                (student.id, student.email),
+            )
+        ]
+        outbox = [
+            dict(row)
+            for row in await self._fetchall(
+                "select * from outbox where attempt_id in "
+                "(select id from attempts where student_id = ?) or rcpt_tos like ? "
+                "order by id",
+                (student.id, f'%"{student.email}"%'),
+            )
+        ]
+        return {
+            "student": student,
+            "attempts": attempts,
+            "inbound": inbound,
+            "outbox": outbox,
+        }
+
+    async def delete_student(self, email: str) -> dict[str, int] | None:
+        """Delete a student and everything stored about them, in one transaction."""
+        student = await self.student_by_email(email)
+        if student is None:
+            return None
+        counts: dict[str, int] = {}
+        attempts = "(select id from attempts where student_id = ?)"
+        statements = [
+            (
+                "thread_ids",
+                f"delete from thread_ids where attempt_id in {attempts}",
+                (student.id,),
+            ),
+            ("jobs", f"delete from jobs where attempt_id in {attempts}", (student.id,)),
+            (
+                "outbox",
+                f"delete from outbox where attempt_id in {attempts} or rcpt_tos like ?",
+                (student.id, f'%"{student.email}"%'),
+            ),
+            (
+                "inbound",
+                "delete from inbound where student_id = ? or mail_from = ?",
+                (student.id, student.email),
+            ),
+            ("attempts", "delete from attempts where student_id = ?", (student.id,)),
+            ("notices", "delete from notices where sender = ?", (student.email,)),
+            ("students", "delete from students where id = ?", (student.id,)),
+        ]
+        async with self.transaction() as db:
+            for table, sql, params in statements:
+                cursor = await db.execute(sql, params)
+                counts[table] = cursor.rowcount
+        return counts
+
+    async def purge_raw(self, older_than: float) -> int:
+        """Delete the raw bytes of processed messages received before ``older_than``.
+
+        Messages still waiting for intake keep their bytes.
+        """
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "update inbound set raw = x'' where received_at < ? and state != 'received' "
+                "and length(raw) > 0",
+                (older_than,),
+            )
+            return cursor.rowcount
+
     async def counts(self) -> dict[str, dict[str, int]]:
         result: dict[str, dict[str, int]] = {}
         for table in ("inbound", "attempts", "jobs", "outbox"):
