@@ -78,6 +78,7 @@ class Composer:
             keep_trailing_newline=True,
         )
         self.env.filters["paragraphs"] = _paragraphs
+        self._dkim_key: bytes | None = None
 
     @property
     def service(self) -> Mailbox:
@@ -158,15 +159,45 @@ class Composer:
                 subtype=subtype or "octet-stream",
                 filename=artefact.path.name,
             )
+        raw = self._dkim_sign(message.as_bytes())
         recipients = tuple(box.address for box in [*to, *(cc or [])])
         return NewEmail(
             message_id=message_id.strip("<>"),
             kind=kind,
             envelope_from=self.envelope_from(message_id.strip("<>")),
             rcpt_tos=recipients,
-            raw=message.as_bytes(),
+            raw=raw,
             attempt_id=attempt_id,
         )
+
+    def _dkim_sign(self, raw: bytes) -> bytes:
+        outbox = self.config.outbox
+        if not outbox.dkim_selector or outbox.dkim_key_file is None:
+            return raw
+        import dkim
+
+        if self._dkim_key is None:
+            self._dkim_key = outbox.dkim_key_file.read_bytes()
+        signature = dkim.sign(
+            raw,
+            outbox.dkim_selector.encode("ascii"),
+            (outbox.dkim_domain or self.domain).encode("ascii"),
+            self._dkim_key,
+            include_headers=[
+                b"from",
+                b"to",
+                b"cc",
+                b"subject",
+                b"date",
+                b"message-id",
+                b"in-reply-to",
+                b"references",
+                b"reply-to",
+                b"mime-version",
+                b"content-type",
+            ],
+        )
+        return signature + raw
 
     def start_emails(
         self,

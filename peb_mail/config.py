@@ -134,6 +134,11 @@ class OutboxConfig:
     backoff_max_s: float = 1800.0
     # An email still failing this long after it was queued is marked dead.
     dead_after_s: float = 172800.0
+    # DKIM signing of outbound mail: all three set, or none. The domain
+    # defaults to service.domain when empty.
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    dkim_key_file: Path | None = None
     # A sender holds an email this long while delivering it; if it dies, the
     # email is tried again after the lease. Must exceed a whole SMTP delivery.
     send_lease_s: float = 300.0
@@ -334,6 +339,11 @@ def _validate(where: str, config: Config) -> None:
         (
             config.grader.timeout_s > 0,
             f"grader.timeout_s must be positive, got {config.grader.timeout_s}",
+        ),
+        (
+            bool(config.outbox.dkim_selector)
+            == (config.outbox.dkim_key_file is not None),
+            "outbox.dkim_selector and outbox.dkim_key_file must be set together",
         ),
         (
             config.outbox.send_lease_s > config.outbox.timeout_s,

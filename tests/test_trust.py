@@ -164,3 +164,37 @@ def test_dkim_other_domain_not_aligned(dkim_key: tuple[bytes, bytes]) -> None:
 def test_dkim_missing_signature() -> None:
     reason = check_sender("dkim", matched_by="token", raw=MESSAGE, from_address=STUDENT)
     assert reason == "no DKIM signature"
+
+
+def test_outbound_dkim_signature_verifies(
+    dkim_key: tuple[bytes, bytes], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from peb_mail.compose import Composer, Mailbox
+
+    from .conftest import make_config
+
+    private, public = dkim_key
+    folder = tmp_path_factory.mktemp("sign")
+    key_file = folder / "dkim.pem"
+    key_file.write_bytes(private)
+    config = make_config(
+        folder,
+        outbox={
+            "dkim_selector": "sel",
+            "dkim_domain": "student.test",
+            "dkim_key_file": str(key_file),
+        },
+    )
+    composer = Composer(config)
+    email = composer.build(
+        kind="notice",
+        sender=composer.service,
+        to=[Mailbox("Ana", STUDENT)],
+        subject="Hi",
+        text="Hello",
+    )
+    assert email.raw.startswith(b"DKIM-Signature:")
+    assert dkim.verify(email.raw, dnsfunc=dns_for(public))
+    assert not dkim.verify(
+        email.raw.replace(b"Hello", b"Hullo"), dnsfunc=dns_for(public)
+    )
