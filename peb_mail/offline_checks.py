@@ -228,8 +228,36 @@ COMMON_WORDS = frozenset(
         "because",
         "correct",
         "number",
+        # Question words and pronouns would match any sentence of ``knows``.
+        "what",
+        "when",
+        "where",
+        "whom",
+        "whose",
+        "them",
+        "they",
+        "then",
+        "than",
+        "were",
+        "been",
+        "does",
+        "also",
+        "some",
+        "into",
+        "just",
+        "very",
+        "shall",
+        "here",
     }
 )
+# Keywords that name a number, a day or a time; a key point whose keywords are
+# mostly such words asks for a concrete detail.
+CONCRETE_KEYWORD = re.compile(
+    r"\d|\b(monday|tuesday|wednesday|thursday|friday|saturday|sunday|today|"
+    r"tomorrow|noon|midnight|morning|afternoon|evening)\b",
+    re.IGNORECASE,
+)
+VOWELS = frozenset("aeiou")
 APOSTROPHES = re.compile(r"[’‘`´]")
 # Contractions expand to one form on both sides of a keyword match. The forms
 # without an apostrophe ("cant", "dont") are the ones learners often type.
@@ -471,6 +499,44 @@ def first_name(full_name: str) -> str:
         return " ".join(parts[:2]) if len(parts) == 2 else parts[1]
 
     return parts[0]
+
+
+def scenario_text(scenario: Scenario) -> str:
+    """Join every text of the scenario that can mention the counterpart."""
+    parts = [
+        scenario.title,
+        scenario.environment,
+        scenario.task,
+        scenario.grading_focus,
+        scenario.counterpart.knows,
+        scenario.starter_body or "",
+    ]
+    for point in (*scenario.key_facts, *scenario.key_points):
+        parts.extend((point.text, point.example, point.question))
+    for artefact in scenario.artefacts:
+        parts.extend((artefact.name, artefact.text or ""))
+    return "\n".join(parts)
+
+
+@functools.lru_cache(maxsize=64)
+def counterpart_first_name(scenario: Scenario) -> str:
+    """Return the name that greets the counterpart, such as "Mei Lin".
+
+    ``first_name`` takes the first word, which is wrong for two-word given
+    names. Scenarios have no field for the given name, so this rule infers it:
+    when the name has three or more words without an honorific and the
+    scenario texts use the first two words without the third ("sent Mei Lin
+    an email" for "Mei Lin Tan"), both words are the given name.
+    """
+    full = scenario.counterpart.name
+    parts = full.split()
+    if len(parts) >= 3 and parts[0].rstrip(".").lower() not in HONORIFICS:
+        pair = re.escape(" ".join(parts[:2]))
+        rest = re.escape(parts[2])
+        alone = re.compile(rf"\b{pair}\b(?!\s+{rest}\b)")
+        if alone.search(scenario_text(scenario)):
+            return " ".join(parts[:2])
+    return first_name(full)
 
 
 def match_closing(line: str) -> tuple[bool, str]:
@@ -926,12 +992,59 @@ def same_kind(first: Amount, second: Amount) -> bool:
     return (first.kind == "percent") == (second.kind == "percent")
 
 
+def stem(word: str) -> str:
+    """Reduce an English word to a stem shared by its common forms.
+
+    A light rule-based stemmer: it strips the plural "-s"/"-ies", "-ed",
+    "-ing", "-ly" and a final "-y" after a consonant, then undoubles a final
+    consonant and drops a final "e". So "want", "wants" and "wanted" give
+    "want", "deliver" and "delivery" give "deliver", and "note", "notes" and
+    "noted" give "not". Stems are only compared with each other, so they need
+    not be words. Irregular forms ("sent", "paid") keep their own stem.
+    """
+    word = word.lower()
+    if len(word) <= 3:
+        return word
+
+    if word.endswith(("ies", "ied")) and len(word) > 4:
+        word = word[:-3] + "y"
+    elif word.endswith("eed"):
+        # "need" stays, "agreed" becomes "agree".
+        if len(word) > 5:
+            word = word[:-1]
+    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+
+    for suffix in ("ing", "ed"):
+        base = word[: -len(suffix)]
+        if word.endswith(suffix) and len(base) >= 3 and VOWELS & set(base):
+            word = base
+            break
+
+    if word.endswith("ly") and len(word) >= 6 and not word.endswith("ply"):
+        word = word[:-2]
+    if len(word) >= 6 and word.endswith("y") and word[-2] not in VOWELS:
+        word = word[:-1]
+    if len(word) >= 4 and word[-1] == word[-2] and word[-1] not in "aeiouylsz":
+        word = word[:-1]
+    if len(word) >= 4 and word.endswith("e"):
+        word = word[:-1]
+    return word
+
+
 def content_words(text: str) -> set[str]:
+    """Return the stems of the words of four or more letters, without common words."""
     return {
-        word[:5]
+        stem(word)
         for word in re.findall(r"[a-z]{4,}", text.lower())
         if word not in COMMON_WORDS
     }
+
+
+def asks_concrete_detail(point: KeyPoint) -> bool:
+    """Return whether most keywords of the point name a number, a day or a time."""
+    concrete = [word for word in point.keywords if CONCRETE_KEYWORD.search(word)]
+    return bool(point.keywords) and len(concrete) * 2 >= len(point.keywords)
 
 
 def find_wrong_numbers(

@@ -48,9 +48,10 @@ from peb_mail.offline_checks import (
     VAGUE_SUBJECTS,
     VERY_SHORT_BODY_WORDS,
     Findings,
+    asks_concrete_detail,
     collect_findings,
+    counterpart_first_name,
     covers,
-    first_name,
     first_quote,
     is_wall_of_text,
     normalise,
@@ -70,6 +71,11 @@ BRIEF_SUBJECT = re.compile(r"^scenario\s*\d+\s*[:.\-]", re.IGNORECASE)
 OFF_TASK_WORDS = 25
 # Below this share of the maximum total the example answer is a new email.
 WEAK_TOTAL_SHARE = 0.6
+# The task score grows with the covered share of key facts and points raised
+# to this power, so each missing point costs more than a linear share would:
+# half of the points give 2 of 5, three quarters give 4 of 5. The value was
+# chosen to put the calibration emails in their bands, not measured.
+TASK_SHARE_EXPONENT = 1.5
 
 
 @dataclass(frozen=True)
@@ -257,6 +263,19 @@ def assess_clarity(findings: Findings) -> Assessment:
                     topic="key points",
                 )
             )
+    # A missing point that asks for a time, a date or an amount leaves the
+    # reader without a detail they need, so it costs clarity too.
+    vague = [point for point in findings.missing_points if asks_concrete_detail(point)]
+    if vague:
+        result.issues.append(
+            Issue(
+                1,
+                "a concrete detail such as a time, a date or an amount is missing "
+                f'where the task asks you to "{lower_first(vague[0].text)}"',
+                "Give concrete details, such as the day and the time.",
+                topic="key points",
+            )
+        )
     if findings.wrong_numbers:
         wrong = findings.wrong_numbers[0]
         pairs = [
@@ -320,6 +339,11 @@ def assess_clarity(findings: Findings) -> Assessment:
         )
 
     return result
+
+
+def lower_first(text: str) -> str:
+    stripped = text.strip().rstrip(".")
+    return stripped[:1].lower() + stripped[1:]
 
 
 def assess_structure(findings: Findings, student_name: str) -> Assessment:
@@ -468,7 +492,8 @@ def assess_task(findings: Findings) -> Assessment:
     required += len(findings.covered_points) + len(findings.missing_points)
     covered = len(findings.covered_facts) + len(findings.covered_points)
     if required:
-        result.base = MIN_SCORE + round((MAX_SCORE - MIN_SCORE) * covered / required)
+        share = (covered / required) ** TASK_SHARE_EXPONENT
+        result.base = MIN_SCORE + round((MAX_SCORE - MIN_SCORE) * share)
     missing = [*findings.missing_facts, *findings.missing_points]
     if missing:
         result.issues.append(
@@ -769,7 +794,7 @@ def build_verdict(
 ) -> Verdict:
     """Grade one non-empty submission with the rules of this module."""
     findings = collect_findings(scenario, submission, checker)
-    counterpart_first = first_name(scenario.counterpart.name)
+    counterpart_first = counterpart_first_name(scenario)
     by_key = {
         "tone": assess_tone(findings, counterpart_first),
         "clarity": assess_clarity(findings),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -26,7 +27,11 @@ from peb_mail.models import (
     Submission,
     Verdict,
 )
-from peb_mail.offline_checks import match_closing
+from peb_mail.offline_checks import (
+    content_words,
+    counterpart_first_name,
+    match_closing,
+)
 from peb_mail.offline_grader import OfflineGrader
 from peb_mail.scenarios import load_scenarios
 
@@ -957,3 +962,240 @@ async def test_grading_is_fast() -> None:
         durations.append(time.perf_counter() - start)
     # 50 ms is a generous bound, about ten times the median on a laptop.
     assert statistics.median(durations) < 0.05, durations
+
+
+def shipped(scenario_id: str) -> Scenario:
+    return next(item for item in SHIPPED if item.id == scenario_id)
+
+
+CLARIFY_LIST_EMAIL = Submission(
+    "Questions about the 2.3 meeting notes",
+    "Hi Priya,\n\n"
+    "Thank you for your message. I understand that you would like me to turn "
+    "the notes from yesterday's planning meeting for version 2.3 of the booking "
+    "app into a clear document.\n\n"
+    "Before I start, I have a few questions:\n\n"
+    "1. Format: would you like a one-page summary or the full notes?\n"
+    "2. Audience: who will read the notes\n"
+    "3. Deadline: when do you need them?\n"
+    "- Is PDF export in scope for version 2.3?\n\n"
+    "I will start with a draft of the decisions today and send it to you as "
+    "soon as I have your answers\n\n"
+    "Best regards,\nAna Silva",
+    "Ana Silva",
+)
+
+
+async def test_revision_keeps_colon_line() -> None:
+    verdict = await grade(shipped("clarify-vague-task"), CLARIFY_LIST_EMAIL)
+    assert "I have a few questions:\n" in verdict.revision, verdict.revision
+    assert ":." not in verdict.revision
+
+
+async def test_revision_keeps_list_items() -> None:
+    verdict = await grade(shipped("clarify-vague-task"), CLARIFY_LIST_EMAIL)
+    lines = verdict.revision.splitlines()
+    assert "2. Audience: who will read the notes" in lines, verdict.revision
+    assert "- Is PDF export in scope for version 2.3?" in lines
+
+
+async def test_revision_ends_sentence_line() -> None:
+    verdict = await grade(shipped("clarify-vague-task"), CLARIFY_LIST_EMAIL)
+    assert "as soon as I have your answers.\n" in verdict.revision, verdict.revision
+
+
+async def test_revision_keeps_wrapped_line() -> None:
+    text = EXCELLENT_REVENUE.text.replace(
+        "the sales report I sent yesterday. ", "the sales report I sent\nyesterday. "
+    )
+    verdict = await grade(REVENUE, with_text(EXCELLENT_REVENUE, text))
+    assert "I sent\nyesterday." in verdict.revision, verdict.revision
+
+
+async def test_two_word_given_name() -> None:
+    scenario = shipped("follow-up-missing-documents")
+    weak = Submission("hey", "hi mei lin, where are the documents?", "Ana Silva")
+    verdict = await grade(scenario, weak)
+    assert counterpart_first_name(scenario) == "Mei Lin"
+    assert verdict.revision.startswith("Dear Mei Lin,\n\n"), verdict.revision
+
+
+async def test_three_word_name_unused_pair() -> None:
+    counterpart = Counterpart(
+        name="Maria de Lopez", role="Sales supervisor", local_part="maria"
+    )
+    scenario = dataclasses.replace(REVENUE, counterpart=counterpart)
+    verdict = await grade(scenario, POOR_REVENUE)
+    assert counterpart_first_name(scenario) == "Maria"
+    assert verdict.revision.startswith("Dear Maria,\n\n"), verdict.revision
+
+
+async def test_reply_answers_every_question() -> None:
+    verdict = await grade(shipped("clarify-vague-task"), CLARIFY_LIST_EMAIL)
+    reply = verdict.counterpart_reply
+    assert "one-page summary for Dr Evans" in reply, reply
+    assert "by Friday at 12:00 noon" in reply
+    assert "PDF export is not part of version 2.3" in reply
+
+
+async def test_reply_promises_unknown_answer() -> None:
+    text = CLARIFY_LIST_EMAIL.text.replace(
+        "- Is PDF export", "4. Should I add the budget table?\n- Is PDF export"
+    )
+    verdict = await grade(
+        shipped("clarify-vague-task"), with_text(GOOD_RESCHEDULE, text)
+    )
+    reply = verdict.counterpart_reply
+    assert "I will check and reply about the budget table shortly." in reply, reply
+    assert "PDF export is not part of version 2.3" in reply
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("want", "wants"), ("need", "needs"), ("deliver", "delivery")],
+)
+def test_content_words_match_forms(first: str, second: str) -> None:
+    assert content_words(first) == content_words(second)
+
+
+def test_content_words_keep_distinct() -> None:
+    assert content_words("ready") != content_words("read")
+
+
+async def test_reply_matches_word_forms() -> None:
+    counterpart = Counterpart(
+        name="Tom Becker",
+        role="Accounts manager",
+        local_part="tom",
+        knows="He wants the invoice as a PDF file. Deliveries come on Monday.",
+    )
+    scenario = dataclasses.replace(INVOICE, counterpart=counterpart)
+    text = EXCELLENT_INVOICE.text.replace(
+        "Thank you for your help.",
+        "What format do you want? When do you deliver the goods?",
+    )
+    verdict = await grade(scenario, with_text(EXCELLENT_INVOICE, text))
+    reply = verdict.counterpart_reply
+    assert "I want the invoice as a PDF file." in reply, reply
+    assert "Deliveries come on Monday." in reply
+
+
+async def test_reply_voices_sentence_start() -> None:
+    counterpart = Counterpart(
+        name="Tom Becker",
+        role="Accounts manager",
+        local_part="tom",
+        knows="His team pays invoices on the last Friday of the month.",
+    )
+    scenario = dataclasses.replace(INVOICE, counterpart=counterpart)
+    verdict = await grade(scenario, EXCELLENT_INVOICE)
+    reply = verdict.counterpart_reply
+    assert "My team pays invoices on the last Friday" in reply, reply
+
+
+async def full_example(scenario: Scenario) -> str:
+    weak = Submission("hey", "hi sorry cant do it now, will tell u later ok", "Ana")
+    verdict = await grade(scenario, weak)
+    return verdict.revision
+
+
+async def test_full_example_one_thanks() -> None:
+    revision = await full_example(shipped("reschedule-internal-meeting"))
+    assert revision.startswith("Dear David,\n\nThank you for the reminder."), revision
+    assert revision.count("Thank you") == 1
+
+
+async def test_full_example_one_apology() -> None:
+    revision = await full_example(shipped("correct-error-in-report"))
+    assert "I am sorry, but I made a mistake." not in revision, revision
+    assert revision.count("mistake") == 1
+
+
+async def test_full_example_apology_opens() -> None:
+    revision = await full_example(shipped("respond-to-customer-complaint"))
+    body = revision.split("\n\n", 1)[1]
+    assert body.startswith("I am very sorry that you received order #58213"), body
+    assert "Thank you for your email." not in revision
+
+
+async def test_full_example_sentence_order() -> None:
+    revision = await full_example(shipped("respond-to-customer-complaint"))
+    order = [
+        revision.index("I am also sorry"),
+        revision.index("We will send the correct"),
+        revision.index("tracking number"),
+        revision.index("Thank you for your patience."),
+    ]
+    assert order == sorted(order), revision
+
+
+async def test_full_example_questions_before_waiting() -> None:
+    revision = await full_example(shipped("clarify-vague-task"))
+    assert revision.index("When do you need") < revision.index("In the meantime")
+
+
+COMPLAINT_WITHOUT_NUMBER = Submission(
+    "Your replacement duvet cover set",
+    "Dear James,\n\n"
+    "I am very sorry that you received the wrong colour, Dusty Pink instead of "
+    "Sage Green, and I am sorry that you waited three days for an answer.\n\n"
+    "We will send the correct Sage Green set today by free express delivery, and "
+    "it will arrive in 2 working days. We will also send you a free return label "
+    "for the wrong item. For the trouble, we will refund 15% of the price.\n\n"
+    "You will receive an email with the tracking number today. Thank you for "
+    "your patience.\n\n"
+    "Best regards,\nAna Silva",
+    "Ana Silva",
+)
+
+
+async def test_light_revision_no_repeat() -> None:
+    scenario = shipped("respond-to-customer-complaint")
+    verdict = await grade(scenario, COMPLAINT_WITHOUT_NUMBER)
+    assert verdict.revision.count("I am very sorry") == 1, verdict.revision
+    assert "I am also sorry" not in verdict.revision
+
+
+async def test_light_revision_adds_missing() -> None:
+    text = COMPLAINT_WITHOUT_NUMBER.text.replace(
+        "You will receive an email with the tracking number today. ", ""
+    )
+    scenario = shipped("respond-to-customer-complaint")
+    verdict = await grade(scenario, with_text(COMPLAINT_WITHOUT_NUMBER, text))
+    assert "You will receive an email with the tracking number today." in (
+        verdict.revision
+    )
+
+
+async def test_revision_no_second_sorry() -> None:
+    text = (
+        "Dear Maria,\n\nI am writing about the sales report from yesterday. I am "
+        "sorry, but the March revenue in the report is $12,400, and the right "
+        "figure is $14,200. Please share the corrected report with the team when "
+        "it arrives.\n\nBest regards,\nAna Silva"
+    )
+    verdict = await grade(REVENUE, with_text(EXCELLENT_REVENUE, text))
+    assert verdict.revision.count("sorry") == 1, verdict.revision
+
+
+RESCHEDULE_WITHOUT_TIME = Submission(
+    "Re: Reminder: our call today at 3:00 pm",
+    "Hi Hannah,\n\n"
+    "Thank you for the reminder. Sorry, but my internet is not working today, so "
+    "I cannot join the call at 3:00 pm.\n\n"
+    "Can we have the call tomorrow afternoon?\n\n"
+    "Best regards,\nAna",
+    "Ana Silva",
+)
+
+
+async def test_missing_time_lowers_clarity() -> None:
+    verdict = await grade(shipped("reschedule-client-call"), RESCHEDULE_WITHOUT_TIME)
+    clarity = verdict.score_of("clarity")
+    assert "concrete detail" in clarity.justification
+    assert clarity.score <= 3
+
+
+async def test_half_points_task_two() -> None:
+    verdict = await grade(shipped("reschedule-client-call"), RESCHEDULE_WITHOUT_TIME)
+    assert verdict.score_of("task").score == 2, verdict.score_of("task")
