@@ -23,6 +23,7 @@ from .config import Config
 from .models import CRITERIA, MAX_TOTAL, Artefact, Scenario, Verdict
 from .scenarios import render_starter
 from .store import NewEmail
+from .textdiff import diff_html, diff_text, word_diff
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
@@ -251,21 +252,44 @@ class Composer:
         )
         return [brief, starter]
 
-    def score_rows(self, verdict: Verdict) -> list[dict[str, Any]]:
+    def score_rows(
+        self, verdict: Verdict, previous: Verdict | None = None
+    ) -> list[dict[str, Any]]:
+        """One row per criterion; with ``previous``, also the earlier score."""
         by_key = {item.criterion: item for item in verdict.scores}
+        before = (
+            {item.criterion: item.score for item in previous.scores} if previous else {}
+        )
         return [
             {
                 "label": label,
                 "score": by_key[key].score,
+                "previous": before.get(key),
                 "justification": by_key[key].justification,
             }
             for key, label in CRITERIA
         ]
 
-    def feedback_context(self, verdict: Verdict, scenario: Scenario) -> dict[str, Any]:
+    def feedback_context(
+        self,
+        verdict: Verdict,
+        scenario: Scenario,
+        previous: Verdict | None = None,
+        student_text: str = "",
+    ) -> dict[str, Any]:
+        """Template values for feedback and summaries.
+
+        ``previous`` is the verdict of the attempt this one revises, shown as
+        "3 -> 5" per criterion. ``student_text`` gives the word-level changes
+        from the student's email to the example answer.
+        """
+        segments = word_diff(student_text, verdict.revision) if student_text else []
         return {
             "verdict": verdict,
             "scenario": scenario,
-            "rows": self.score_rows(verdict),
+            "rows": self.score_rows(verdict, previous),
+            "previous_total": previous.total if previous else None,
             "max_total": MAX_TOTAL,
+            "diff_text": diff_text(segments) if segments else "",
+            "diff_html": diff_html(segments) if segments else "",
         }

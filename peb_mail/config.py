@@ -45,6 +45,9 @@ class ServiceConfig:
     sender_policy: str = "token"
     # authserv-ids of your own MTA, trusted in Authentication-Results.
     trusted_authserv_ids: tuple[str, ...] = ()
+    # A reply to feedback is graded as the next attempt, up to this many
+    # attempts per student and scenario; 0 means no limit.
+    max_attempts_per_scenario: int = 5
     # Mask the local part of email addresses in logs ("a***@example.com").
     redact_addresses: bool = False
     # Raw received messages older than this many days are deleted; 0 keeps them.

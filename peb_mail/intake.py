@@ -475,6 +475,26 @@ class Intake:
         )
         await sql.insert_outbox(db, notice, self.store.clock())
 
+    async def _next_attempt(
+        self, db: aiosqlite.Connection, student: Student, previous: Attempt
+    ) -> Attempt | None:
+        """Open the next attempt of the same scenario, or None at the limit."""
+        limit = self.config.service.max_attempts_per_scenario
+        if (
+            limit
+            and await sql.count_attempts(db, student.id, previous.scenario_id) >= limit
+        ):
+            return None
+        attempt_id = await sql.create_attempt(
+            db,
+            student.id,
+            previous.scenario_id,
+            lambda new_id: self.signer.token(student.id, new_id),
+            self.store.clock(),
+            previous_attempt_id=previous.id,
+        )
+        return await sql.fetch_attempt(db, attempt_id)
+
     async def _explain_brief_reply(
         self,
         db: aiosqlite.Connection,
@@ -520,6 +540,35 @@ class Intake:
         student: Student,
         attempt: Attempt,
     ) -> Outcome | None:
+        if attempt.state in ("graded", "failed") and parsed.new_text.strip():
+            # A reply to feedback with a revised email: the next attempt.
+            revised = await self._next_attempt(db, student, attempt)
+            if revised is None:
+                await self._reply(
+                    db,
+                    "notice",
+                    student,
+                    parsed,
+                    self.composer.render(
+                        "notice.txt.j2",
+                        student_name=_first_name(student.name),
+                        text=(
+                            f"You have used all {self.config.service.max_attempts_per_scenario} "
+                            "attempts for this scenario, so we did not grade this email. "
+                            "Send LIST to choose another scenario."
+                        ),
+                    ),
+                    attempt_id=attempt.id,
+                )
+                return await self._finish(
+                    db,
+                    inbound_id,
+                    "processed",
+                    "attempt limit reached",
+                    student.id,
+                    attempt.id,
+                )
+            attempt = revised
         if parsed.message_id:
             await sql.add_thread_id(db, parsed.message_id, attempt.id)
         if attempt.state != "open":

@@ -82,7 +82,9 @@ create table if not exists attempts (
     score integer,
     verdict text,
     submitted_at real,
-    graded_at real
+    graded_at real,
+    -- The attempt this one revises, when a student replied to feedback.
+    previous_attempt_id integer
 );
 create index if not exists attempts_student on attempts (student_id, state);
 create table if not exists jobs (
@@ -134,6 +136,27 @@ create table if not exists notices (
 """
 
 
+# Columns added after the first release. CREATE TABLE above has them for a
+# new database; an older file gets them with ALTER TABLE when it is opened.
+_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("outbox", "revived_at", "real"),
+    ("outbox", "bounced_at", "real"),
+    ("outbox", "bounce_status", "text"),
+    ("students", "hard_bounces", "integer not null default 0"),
+    ("students", "flagged", "text"),
+    ("inbound", "trusted", "integer not null default 0"),
+    ("attempts", "previous_attempt_id", "integer"),
+)
+
+
+async def _add_missing_columns(db: aiosqlite.Connection) -> None:
+    for table, column, declaration in _ADDED_COLUMNS:
+        async with db.execute(f"pragma table_info({table})") as cursor:
+            existing = {row["name"] for row in await cursor.fetchall()}
+        if column not in existing:
+            await db.execute(f"alter table {table} add column {column} {declaration}")
+
+
 @dataclass(frozen=True)
 class Student:
     id: int
@@ -160,6 +183,7 @@ class Attempt:
     verdict: str | None
     submitted_at: float | None
     graded_at: float | None
+    previous_attempt_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +270,7 @@ class Store:
         await db.execute("pragma synchronous = full")
         await db.execute("pragma foreign_keys = on")
         await db.executescript(SCHEMA)
+        await _add_missing_columns(db)
         return cls(db, clock)
 
     async def close(self) -> None:
@@ -897,6 +922,17 @@ async def attempt_by_token(db: aiosqlite.Connection, token: str) -> Attempt | No
     return Attempt(**dict(row)) if row else None
 
 
+async def count_attempts(
+    db: aiosqlite.Connection, student_id: int, scenario_id: str
+) -> int:
+    async with db.execute(
+        "select count(*) as n from attempts where student_id = ? and scenario_id = ?",
+        (student_id, scenario_id),
+    ) as cursor:
+        row = await cursor.fetchone()
+    return int(row["n"]) if row else 0
+
+
 async def open_attempts(db: aiosqlite.Connection, student_id: int) -> list[Attempt]:
     async with db.execute(
         "select * from attempts where student_id = ? and state = 'open' order by id",
@@ -920,12 +956,14 @@ async def create_attempt(
     scenario_id: str,
     token: str | Callable[[int], str],
     now: float,
+    previous_attempt_id: int | None = None,
 ) -> int:
     """Insert an attempt; ``token`` may be a function of the new attempt's id."""
     placeholder = token if isinstance(token, str) else f"pending-{now}-{student_id}"
     cursor = await db.execute(
-        "insert into attempts (student_id, scenario_id, token, created_at) values (?, ?, ?, ?)",
-        (student_id, scenario_id, placeholder, now),
+        "insert into attempts (student_id, scenario_id, token, created_at, "
+        "previous_attempt_id) values (?, ?, ?, ?, ?)",
+        (student_id, scenario_id, placeholder, now, previous_attempt_id),
     )
     attempt_id = cursor.lastrowid
     assert attempt_id is not None

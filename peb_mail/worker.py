@@ -268,8 +268,9 @@ class GradingWorker:
         instructors = sorted(
             {*instructors, *self.config.cohorts.get(student.cohort, ())}
         )
+        previous = await self._previous_verdict(attempt)
         emails = self._feedback_emails(
-            attempt, student, scenario, verdict, thread, instructors
+            attempt, student, scenario, verdict, thread, instructors, previous
         )
 
         now = self.store.clock()
@@ -295,9 +296,12 @@ class GradingWorker:
         verdict: Verdict,
         thread: tuple[str | None, tuple[str, ...]],
         instructors: list[str],
+        previous: Verdict | None = None,
     ) -> list[sql.NewEmail]:
         message_id, references = thread
-        context = self.composer.feedback_context(verdict, scenario)
+        context = self.composer.feedback_context(
+            verdict, scenario, previous=previous, student_text=attempt.body or ""
+        )
         student_name = student.name.split()[0] if student.name.split() else ""
         delivery = self.config.instructors.delivery
         instructor_boxes = [Mailbox("", address) for address in instructors]
@@ -341,6 +345,14 @@ class GradingWorker:
                 )
             )
         return emails
+
+    async def _previous_verdict(self, attempt: Attempt) -> Verdict | None:
+        if attempt.previous_attempt_id is None:
+            return None
+        previous = await self.store.attempt(attempt.previous_attempt_id)
+        if previous is None or not previous.verdict:
+            return None
+        return Verdict.from_json(previous.verdict)
 
     async def _give_up(self, job: Job, error: str) -> str:
         """Mark the job failed and tell the student that grading is delayed."""

@@ -329,16 +329,62 @@ async def test_only_quoted_text_not_graded(harness: Harness) -> None:
     assert await harness.store.list_jobs() == []
 
 
-async def test_second_submission_after_graded(harness: Harness) -> None:
+async def test_reply_to_feedback_is_next_attempt(harness: Harness) -> None:
     attempt = await start(harness)
     async with harness.store.transaction() as db:
         await sql.set_attempt_state(db, attempt.id, "graded")
     outcome = await harness.deliver(
         mail("Again", GOOD_ANSWER, to=counterpart(attempt)), counterpart(attempt)
     )
+    revised = await harness.store.attempt(outcome.attempt_id or 0)
+    assert outcome.reason == "submission queued"
+    assert revised is not None
+    assert revised.id != attempt.id
+    assert revised.previous_attempt_id == attempt.id
+    assert revised.scenario_id == attempt.scenario_id
+    assert [job.attempt_id for job in await harness.store.list_jobs()] == [revised.id]
+
+
+async def test_attempt_limit_stops_resubmission(tmp_path: Path) -> None:
+    config = make_config(tmp_path, service={"max_attempts_per_scenario": 1})
+    store = await Store.open(config.service.database)
+    try:
+        await store.upsert_students([(STUDENT, "Ana Silva", "demo")], {})
+        limited = Harness(
+            config,
+            store,
+            Intake(
+                store,
+                Composer(config),
+                load_scenarios(config.service.scenarios_dir),
+                config,
+            ),
+            Clock(),
+        )
+        attempt = await start(limited)
+        async with store.transaction() as db:
+            await sql.set_attempt_state(db, attempt.id, "graded")
+        outcome = await limited.deliver(
+            mail("Again", GOOD_ANSWER, to=counterpart(attempt)), counterpart(attempt)
+        )
+        notice = (await limited.outbox())[-1]
+    finally:
+        await store.close()
+    assert outcome.reason == "attempt limit reached"
+    assert "all 1 attempts" in text_of(notice)
+
+
+async def test_resubmit_while_grading_explains(harness: Harness) -> None:
+    attempt = await start(harness)
+    await harness.deliver(
+        mail("First", GOOD_ANSWER, to=counterpart(attempt)), counterpart(attempt)
+    )
+    outcome = await harness.deliver(
+        mail("Second", GOOD_ANSWER, to=counterpart(attempt)), counterpart(attempt)
+    )
     notice = (await harness.outbox())[-1]
-    assert outcome.reason == "attempt already graded"
-    assert "START 1" in text_of(notice)
+    assert outcome.reason == "attempt already submitted"
+    assert "grading it" in text_of(notice)
 
 
 async def test_stranger_notice_once_per_day(harness: Harness) -> None:

@@ -284,3 +284,44 @@ async def test_refused_email_reopens_attempt(setup: Setup) -> None:
     assert attempt is not None and attempt.state == "open"
     assert "English" in notice.get_content()
     assert notice["In-Reply-To"] == setup.submission_id
+
+
+async def test_revised_email_shows_changes(tmp_path: Path, setup: Setup) -> None:
+    worker = setup.worker(OfflineGrader())
+    assert await worker.run_once()
+    [feedback] = await setup.emails("feedback")
+    intake = Intake(setup.store, Composer(setup.config), setup.scenarios, setup.config)
+    revised = EmailMessage()
+    revised["From"], revised["To"] = STUDENT, SERVICE
+    revised["Subject"] = "Re: Correction"
+    revised["Message-ID"] = make_msgid(domain="student.test")
+    revised["In-Reply-To"] = str(feedback["Message-ID"])
+    revised.set_content(
+        "Dear Daniel,\n\nI made a mistake in the Q1 report. The March revenue for North "
+        "is $14,200, not $12,400, so the Q1 total is $45,300.\n\nI am sorry. I attached "
+        "the corrected file; please use it on Thursday.\n\nBest regards,\nAna Silva"
+    )
+    inbound_id = await setup.store.ingest(
+        peer="p",
+        mail_from=STUDENT,
+        rcpt_tos=[SERVICE],
+        message_id=str(revised["Message-ID"]).strip("<>"),
+        raw=revised.as_bytes(),
+    )
+    assert inbound_id is not None
+    outcome = await intake.process(inbound_id)
+    assert outcome is not None and outcome.reason == "submission queued"
+    assert await worker.run_once()
+    second = [
+        item
+        for item in await setup.emails("feedback")
+        if item["In-Reply-To"] == revised["Message-ID"]
+    ]
+    assert len(second) == 1
+    text = second[0].get_body(("plain",)).get_content()
+    html = second[0].get_body(("html",)).get_content()
+    assert "(last time:" in text
+    assert " -> " in text
+    assert "YOUR EMAIL WITH THE CHANGES" in text
+    assert "&rarr;" in html
+    assert "<ins" in html or "<del" in html
