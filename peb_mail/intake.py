@@ -23,7 +23,8 @@ from .compose import Composer, Mailbox, reply_subject
 from .config import Config
 from .errors import NotFoundError
 from .message import ParsedEmail, delivery_report, parse, strip_reply_prefix
-from .models import MAX_TOTAL, Artefact, Scenario
+from .models import Artefact, Scenario
+from .progress import build_progress
 from .scenarios import find_scenario
 from .store import Attempt, Store, Student
 from .tokens import TokenSigner, load_signer
@@ -648,9 +649,8 @@ class Intake:
             )
             await self._reply(db, "list", student, parsed, text)
         elif command.name == "STATUS":
-            await self._reply(
-                db, "status", student, parsed, await self._status_text(db, student)
-            )
+            text, html = await self._status_texts(db, student)
+            await self._reply(db, "status", student, parsed, text, html=html)
         elif command.name == "START":
             return await self._start(db, command.argument, student, parsed)
         else:
@@ -706,34 +706,30 @@ class Intake:
             await sql.insert_outbox(db, item, self.store.clock())
         return attempt_id
 
-    async def _status_text(self, db: aiosqlite.Connection, student: Student) -> str:
-        rows = []
-        for attempt in await sql.student_attempts(db, student.id):
+    async def _status_texts(
+        self, db: aiosqlite.Connection, student: Student
+    ) -> tuple[str, str]:
+        """Render STATUS as (text, html): scenarios, skill trends, a suggestion."""
+        attempts = await sql.student_attempts(db, student.id)
+        open_status = {}
+        for attempt in attempts:
             scenario = self.scenarios_by_id.get(attempt.scenario_id)
-            if attempt.state == "open" and scenario is not None:
-                if scenario.type == "initiate":
-                    address = self.composer.counterpart_address(scenario, attempt.token)
-                    status = f"Started. Write your email to {address}"
-                else:
-                    status = (
-                        f"Started. Reply to the email from {scenario.counterpart.name}."
-                    )
+            if attempt.state != "open" or scenario is None:
+                continue
+            if scenario.type == "initiate":
+                address = self.composer.counterpart_address(scenario, attempt.token)
+                open_status[attempt.id] = f"Started. Write your email to {address}"
             else:
-                status = {
-                    "open": "Started. We are waiting for your email.",
-                    "submitted": "We have your email and we are grading it.",
-                    "graded": f"Score: {attempt.score} / {MAX_TOTAL}",
-                    "failed": "Grading is delayed. Your teacher will check it.",
-                }.get(attempt.state, attempt.state)
-            rows.append(
-                {
-                    "number": scenario.number if scenario else "?",
-                    "title": scenario.title if scenario else attempt.scenario_id,
-                    "status": status,
-                }
-            )
-        return self.composer.render(
-            "status.txt.j2", student_name=_first_name(student.name), rows=rows
+                open_status[attempt.id] = (
+                    f"Started. Reply to the email from {scenario.counterpart.name}."
+                )
+        progress = build_progress(attempts, self.scenarios, open_status)
+        name = _first_name(student.name)
+        return (
+            self.composer.render("status.txt.j2", student_name=name, progress=progress),
+            self.composer.render(
+                "status.html.j2", student_name=name, progress=progress
+            ),
         )
 
     def _help_text(self, student: Student | None, note: str | None = None) -> str:
@@ -757,6 +753,7 @@ class Intake:
         reply_to: str | None = None,
         attachments: tuple[Artefact, ...] = (),
         attempt_id: int | None = None,
+        html: str | None = None,
     ) -> None:
         """Queue a reply to the student's message, threaded under it."""
         email = self.composer.build(
@@ -765,6 +762,7 @@ class Intake:
             to=[Mailbox(student.name, student.email)],
             subject=subject or reply_subject(parsed.subject),
             text=text,
+            html=html,
             reply_to=reply_to,
             in_reply_to=parsed.message_id,
             references=parsed.references,

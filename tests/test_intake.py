@@ -242,9 +242,13 @@ async def test_reply_to_notice_is_submission(harness: Harness) -> None:
 async def test_status_shows_where_to_write(harness: Harness) -> None:
     attempt = await start(harness)
     await harness.deliver(mail("STATUS", ""), SERVICE)
-    status = (await harness.outbox())[-1].get_content()
-    assert "(scenario 1)" in status
+    reply = (await harness.outbox())[-1]
+    status = text_of(reply)
+    html = reply.get_body(("html",))
+    assert "Scenario 1:" in status
     assert counterpart(attempt) in status
+    assert "Suggested next: scenario 2" in status
+    assert html is not None
 
 
 async def test_only_open_attempt_held_by_token_policy(harness: Harness) -> None:
