@@ -14,7 +14,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from markupsafe import Markup, escape
@@ -24,6 +24,9 @@ from .models import CRITERIA, MAX_TOTAL, Artefact, Scenario, Verdict
 from .scenarios import render_starter
 from .store import NewEmail
 from .textdiff import diff_html, diff_text, word_diff
+
+if TYPE_CHECKING:
+    from .store import Attempt, Student
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
@@ -200,6 +203,71 @@ class Composer:
         )
         return signature + raw
 
+    def feedback_emails(
+        self,
+        attempt: Attempt,
+        student: Student,
+        scenario: Scenario,
+        verdict: Verdict,
+        thread: tuple[str | None, tuple[str, ...]],
+        instructors: list[str],
+        previous: Verdict | None = None,
+        review_address: str | None = None,
+        updated_by: str | None = None,
+    ) -> list[NewEmail]:
+        """Build the student's feedback and, if configured, the instructors' summary.
+
+        ``review_address`` becomes the summary's Reply-To, so instructors can
+        answer with overrides. ``updated_by`` marks a feedback email sent again
+        after an instructor changed the grade.
+        """
+        message_id, references = thread
+        context = self.feedback_context(
+            verdict, scenario, previous=previous, student_text=attempt.body or ""
+        )
+        context["updated_by"] = updated_by
+        student_name = student.name.split()[0] if student.name.split() else ""
+        delivery = self.config.instructors.delivery
+        instructor_boxes = [Mailbox("", address) for address in instructors]
+        feedback = self.build(
+            kind="feedback",
+            sender=self.service,
+            to=[Mailbox(student.name, student.email)],
+            cc=instructor_boxes if delivery == "cc" else None,
+            subject=reply_subject(attempt.subject or scenario.title)
+            + (" (updated by your teacher)" if updated_by else ""),
+            text=self.render("feedback.txt.j2", student_name=student_name, **context),
+            html=self.render("feedback.html.j2", student_name=student_name, **context),
+            reply_to=self.reply_address(attempt.token),
+            in_reply_to=message_id,
+            references=references,
+            attempt_id=attempt.id,
+        )
+        emails = [feedback]
+        if delivery == "separate" and instructor_boxes:
+            summary_context = {
+                **context,
+                "student": student,
+                "attempt_id": attempt.id,
+                "subject": attempt.subject or "",
+                "body": attempt.body or "",
+            }
+            emails.append(
+                self.build(
+                    kind="summary",
+                    sender=self.service,
+                    to=instructor_boxes,
+                    subject=f"[peb-mail] {student.name}: {scenario.title}: "
+                    f"{verdict.total}/{context['max_total']}",
+                    text=self.render("summary.txt.j2", **summary_context),
+                    html=self.render("summary.html.j2", **summary_context),
+                    reply_to=review_address,
+                    attempt_id=attempt.id,
+                    auto_submitted="auto-generated",
+                )
+            )
+        return emails
+
     def start_emails(
         self,
         scenario: Scenario,
@@ -292,4 +360,5 @@ class Composer:
             "max_total": MAX_TOTAL,
             "diff_text": diff_text(segments) if segments else "",
             "diff_html": diff_html(segments) if segments else "",
+            "updated_by": None,
         }

@@ -70,6 +70,18 @@ def parse_message_ids(value: str | None) -> tuple[str, ...]:
     return (bare,) if bare and " " not in bare else ()
 
 
+def thread_of(raw: bytes) -> tuple[str | None, tuple[str, ...]]:
+    """Return the Message-ID and References of a stored message, to reply under it."""
+    if not raw:
+        return None, ()
+    headers = email.message_from_bytes(raw, policy=email.policy.compat32)
+    ids = parse_message_ids(str(headers.get("Message-ID", "")))
+    references = parse_message_ids(str(headers.get("References", "")))
+    if not references:
+        references = parse_message_ids(str(headers.get("In-Reply-To", "")))
+    return (ids[0] if ids else None), references
+
+
 def strip_reply_prefix(subject: str) -> str:
     return _REPLY_PREFIX_RE.sub("", subject).strip()
 

@@ -147,9 +147,14 @@ class Verdict:
     # Labels from peb_mail.precheck, such as "suspected-injection", for the
     # teacher.
     flags: tuple[str, ...] = ()
+    # Set by an instructor's override by reply ("score 28", "comment ...").
+    total_override: int | None = None
+    instructor_note: str = ""
 
     @property
     def total(self) -> int:
+        if self.total_override is not None:
+            return self.total_override
         return sum(item.score for item in self.scores)
 
     def score_of(self, criterion: str) -> CriterionScore:

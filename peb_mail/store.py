@@ -128,6 +128,13 @@ create table if not exists thread_ids (
     message_id text primary key,
     attempt_id integer not null
 );
+create table if not exists overrides (
+    id integer primary key,
+    attempt_id integer not null,
+    instructor text not null,
+    commands text not null,
+    created_at real not null
+);
 create table if not exists notices (
     sender text not null,
     day text not null,
@@ -1060,6 +1067,66 @@ async def set_attempt_graded(
         "where id = ?",
         (score, verdict_json, now, attempt_id),
     )
+
+
+async def record_override(
+    db: aiosqlite.Connection,
+    attempt_id: int,
+    instructor: str,
+    commands: str,
+    verdict_json: str | None,
+    score: int | None,
+    now: float,
+) -> None:
+    """Store an instructor's change with who made it, and the changed grade."""
+    await db.execute(
+        "insert into overrides (attempt_id, instructor, commands, created_at) "
+        "values (?, ?, ?, ?)",
+        (attempt_id, instructor, commands, now),
+    )
+    if verdict_json is not None:
+        await db.execute(
+            "update attempts set verdict = ?, score = ? where id = ?",
+            (verdict_json, score, attempt_id),
+        )
+
+
+async def requeue_grading(
+    db: aiosqlite.Connection, attempt_id: int, now: float
+) -> bool:
+    """Queue a graded or failed attempt for grading again; False if it has no job."""
+    cursor = await db.execute(
+        "update jobs set state = 'queued', tries = 0, not_before = ?, lease_owner = null, "
+        "lease_expires_at = null, last_error = null, updated_at = ? where attempt_id = ?",
+        (now, now, attempt_id),
+    )
+    if cursor.rowcount != 1:
+        return False
+    await db.execute(
+        "update attempts set state = 'submitted' where id = ?", (attempt_id,)
+    )
+    return True
+
+
+async def inbound_raw(db: aiosqlite.Connection, inbound_id: int | None) -> bytes:
+    if inbound_id is None:
+        return b""
+    async with db.execute(
+        "select raw from inbound where id = ?", (inbound_id,)
+    ) as cursor:
+        row = await cursor.fetchone()
+    return bytes(row["raw"]) if row else b""
+
+
+async def fetch_student_by_id(
+    db: aiosqlite.Connection, student_id: int
+) -> Student | None:
+    async with db.execute(
+        "select id, email, name, cohort, hard_bounces, flagged from students where id = ?",
+        (student_id,),
+    ) as cursor:
+        row = await cursor.fetchone()
+    return Student(**dict(row)) if row else None
 
 
 async def reopen_attempt(db: aiosqlite.Connection, attempt_id: int) -> None:

@@ -9,8 +9,6 @@ graded and answered once.
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import json
 import logging
 import os
@@ -23,10 +21,11 @@ from . import store as sql
 from .compose import Composer, Mailbox, reply_subject
 from .config import Config
 from .errors import GradingError
-from .message import parse_message_ids
+from .message import thread_of
 from .models import AttachmentInfo, Grader, Scenario, Submission, Verdict
 from .precheck import precheck_async
 from .store import Attempt, Job, Store, Student
+from .tokens import TokenSigner, load_signer
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +61,7 @@ class GradingWorker:
         config: Config,
         name: str,
         on_email: Callable[[], None] = lambda: None,
+        signer: TokenSigner | None = None,
     ) -> None:
         self.store = store
         self.composer = composer
@@ -70,6 +70,7 @@ class GradingWorker:
         self.config = config
         self.name = name
         self.on_email = on_email
+        self.signer = signer or load_signer(config.service.secret_file)
 
     async def run_once(self) -> bool:
         """Claim and finish one job; False when none was runnable."""
@@ -224,7 +225,7 @@ class GradingWorker:
             if attempt.inbound_id
             else None
         )
-        message_id, references = _thread_of(inbound["raw"] if inbound else b"")
+        message_id, references = thread_of(inbound["raw"] if inbound else b"")
         notice = self.composer.build(
             kind="notice",
             sender=self.composer.service,
@@ -263,14 +264,21 @@ class GradingWorker:
             if attempt.inbound_id
             else None
         )
-        thread = _thread_of(inbound["raw"] if inbound else b"")
+        thread = thread_of(inbound["raw"] if inbound else b"")
         instructors = await self.store.cohort_instructors(student.cohort)
         instructors = sorted(
             {*instructors, *self.config.cohorts.get(student.cohort, ())}
         )
         previous = await self._previous_verdict(attempt)
-        emails = self._feedback_emails(
-            attempt, student, scenario, verdict, thread, instructors, previous
+        emails = self.composer.feedback_emails(
+            attempt,
+            student,
+            scenario,
+            verdict,
+            thread,
+            instructors,
+            previous=previous,
+            review_address=self.review_address(attempt.id),
         )
 
         now = self.store.clock()
@@ -288,63 +296,10 @@ class GradingWorker:
         self.on_email()
         return f"graded {verdict.total}"
 
-    def _feedback_emails(
-        self,
-        attempt: Attempt,
-        student: Student,
-        scenario: Scenario,
-        verdict: Verdict,
-        thread: tuple[str | None, tuple[str, ...]],
-        instructors: list[str],
-        previous: Verdict | None = None,
-    ) -> list[sql.NewEmail]:
-        message_id, references = thread
-        context = self.composer.feedback_context(
-            verdict, scenario, previous=previous, student_text=attempt.body or ""
-        )
-        student_name = student.name.split()[0] if student.name.split() else ""
-        delivery = self.config.instructors.delivery
-        instructor_boxes = [Mailbox("", address) for address in instructors]
-        feedback = self.composer.build(
-            kind="feedback",
-            sender=self.composer.service,
-            to=[Mailbox(student.name, student.email)],
-            cc=instructor_boxes if delivery == "cc" else None,
-            subject=reply_subject(attempt.subject or scenario.title),
-            text=self.composer.render(
-                "feedback.txt.j2", student_name=student_name, **context
-            ),
-            html=self.composer.render(
-                "feedback.html.j2", student_name=student_name, **context
-            ),
-            reply_to=self.composer.reply_address(attempt.token),
-            in_reply_to=message_id,
-            references=references,
-            attempt_id=attempt.id,
-        )
-        emails = [feedback]
-        if delivery == "separate" and instructor_boxes:
-            summary_context = {
-                **context,
-                "student": student,
-                "attempt_id": attempt.id,
-                "subject": attempt.subject or "",
-                "body": attempt.body or "",
-            }
-            emails.append(
-                self.composer.build(
-                    kind="summary",
-                    sender=self.composer.service,
-                    to=instructor_boxes,
-                    subject=f"[peb-mail] {student.name}: {scenario.title}: "
-                    f"{verdict.total}/{context['max_total']}",
-                    text=self.composer.render("summary.txt.j2", **summary_context),
-                    html=self.composer.render("summary.html.j2", **summary_context),
-                    attempt_id=attempt.id,
-                    auto_submitted="auto-generated",
-                )
-            )
-        return emails
+    def review_address(self, attempt_id: int) -> str:
+        """The address instructors reply to with overrides for one attempt."""
+        token = self.signer.review_token(attempt_id)
+        return f"review+{attempt_id}-{token}@{self.config.service.domain}"
 
     async def _previous_verdict(self, attempt: Attempt) -> Verdict | None:
         if attempt.previous_attempt_id is None:
@@ -374,7 +329,7 @@ class GradingWorker:
                 if attempt.inbound_id
                 else None
             )
-            message_id, references = _thread_of(inbound["raw"] if inbound else b"")
+            message_id, references = thread_of(inbound["raw"] if inbound else b"")
             notice = self.composer.build(
                 kind="notice",
                 sender=self.composer.service,
@@ -402,18 +357,6 @@ class GradingWorker:
                 await sql.insert_outbox(db, notice, now)
         self.on_email()
         return f"gave up: {error}"
-
-
-def _thread_of(raw: bytes) -> tuple[str | None, tuple[str, ...]]:
-    """Return the Message-ID and References of the student's message, for threading."""
-    if not raw:
-        return None, ()
-    headers = email.message_from_bytes(raw, policy=email.policy.compat32)
-    ids = parse_message_ids(str(headers.get("Message-ID", "")))
-    references = parse_message_ids(str(headers.get("References", "")))
-    if not references:
-        references = parse_message_ids(str(headers.get("In-Reply-To", "")))
-    return (ids[0] if ids else None), references
 
 
 async def _wait_any(wake: asyncio.Event, stop: asyncio.Event, timeout_s: float) -> None:

@@ -325,3 +325,88 @@ async def test_revised_email_shows_changes(tmp_path: Path, setup: Setup) -> None
     assert "YOUR EMAIL WITH THE CHANGES" in text
     assert "&rarr;" in html
     assert "<ins" in html or "<del" in html
+
+
+async def instructor_reply(setup: Setup, body: str, sender: str = INSTRUCTOR) -> str:
+    """Reply to the grade summary as ``sender``; return the outcome's reason."""
+    [summary] = await setup.emails("summary")
+    review = summary["Reply-To"].addresses[0].addr_spec
+    reply = EmailMessage()
+    reply["From"], reply["To"] = sender, review
+    reply["Subject"] = "Re: " + str(summary["Subject"])
+    reply["Message-ID"] = make_msgid(domain="school.test")
+    reply["In-Reply-To"] = str(summary["Message-ID"])
+    reply.set_content(body + "\n\n> quoted summary line\n> score 1\n")
+    inbound_id = await setup.store.ingest(
+        peer="p",
+        mail_from=sender,
+        rcpt_tos=[review],
+        message_id=str(reply["Message-ID"]).strip("<>"),
+        raw=reply.as_bytes(),
+    )
+    assert inbound_id is not None
+    intake = Intake(setup.store, Composer(setup.config), setup.scenarios, setup.config)
+    outcome = await intake.process(inbound_id)
+    assert outcome is not None
+    return outcome.reason
+
+
+async def test_instructor_override_by_reply(setup: Setup) -> None:
+    assert await setup.worker(OfflineGrader()).run_once()
+    reason = await instructor_reply(
+        setup,
+        "Hi,\n\ncriterion tone 5\ncomment Good work on the numbers.\nscore 30\n\nKim",
+    )
+    [job] = await setup.store.list_jobs()
+    attempt = await setup.store.attempt(job.attempt_id)
+    assert attempt is not None and attempt.verdict is not None
+    verdict = Verdict.from_json(attempt.verdict)
+    updated = [
+        e
+        for e in await setup.emails("feedback")
+        if "updated by your teacher" in str(e["Subject"])
+    ]
+    [confirmation] = await setup.emails("confirmation")
+    assert reason == f"override by {INSTRUCTOR}"
+    assert attempt.score == 30
+    assert verdict.score_of("tone").score == 5
+    assert verdict.instructor_note == "Good work on the numbers."
+    assert len(updated) == 1
+    assert "A NOTE FROM YOUR TEACHER" in updated[0].get_body(("plain",)).get_content()
+    assert "The new total is 30/35" in confirmation.get_content()
+
+
+async def test_override_errors_change_nothing(setup: Setup) -> None:
+    assert await setup.worker(OfflineGrader()).run_once()
+    [job] = await setup.store.list_jobs()
+    before = await setup.store.attempt(job.attempt_id)
+    reason = await instructor_reply(setup, "criterion kindness 9\nscore 99")
+    after = await setup.store.attempt(job.attempt_id)
+    [confirmation] = await setup.emails("confirmation")
+    text = confirmation.get_content()
+    assert reason == "override rejected"
+    assert before is not None and after is not None
+    assert after.score == before.score
+    assert "Nothing was changed" in text
+    assert "criterion kindness 9" in text
+    assert "score 99" in text
+
+
+async def test_override_from_non_instructor_rejected(setup: Setup) -> None:
+    assert await setup.worker(OfflineGrader()).run_once()
+    reason = await instructor_reply(setup, "score 35", sender=STUDENT)
+    [job] = await setup.store.list_jobs()
+    attempt = await setup.store.attempt(job.attempt_id)
+    assert reason == "review reply from a non-instructor"
+    assert attempt is not None and attempt.score != 35
+    assert await setup.emails("confirmation") == []
+
+
+async def test_override_regrade_grades_again(setup: Setup) -> None:
+    worker = setup.worker(OfflineGrader())
+    assert await worker.run_once()
+    reason = await instructor_reply(setup, "regrade")
+    assert reason == "override: regrade"
+    assert await worker.run_once()
+    assert len(await setup.emails("feedback")) == 2
+    assert len(await setup.emails("summary")) == 2
