@@ -760,6 +760,93 @@ async def cmd_purge(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+async def cmd_assign(args: argparse.Namespace, config: Config) -> int:
+    from rich.progress import Progress
+
+    from .admin import assign
+    from .scenarios import load_scenarios
+    from .tokens import load_signer
+
+    scenarios = load_scenarios(config.service.scenarios_dir)
+    signer = load_signer(config.service.secret_file)
+    store = await _open_store(config)
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"Starting for cohort {args.cohort}", total=None)
+
+            def advance(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            result = await assign(
+                store, config, scenarios, args.cohort, args.scenario, signer, advance
+            )
+    finally:
+        await store.close()
+    console.print(
+        f"Scenario {result.scenario.number} ({result.scenario.id}) started for "
+        f"{plural(len(result.started), 'student')} of cohort {result.cohort}."
+    )
+    if result.skipped:
+        console.print(
+            f"Skipped {plural(len(result.skipped), 'student')} who already had it open: "
+            + ", ".join(result.skipped)
+        )
+    return 0
+
+
+async def cmd_grades_export(args: argparse.Namespace, config: Config) -> int:
+    from .admin import grade_rows, grades_csv
+    from .scenarios import load_scenarios
+
+    store = await _open_store(config)
+    try:
+        rows = await grade_rows(store, load_scenarios(config.service.scenarios_dir))
+    finally:
+        await store.close()
+    if args.format == "json":
+        text = json.dumps(rows, indent=2, ensure_ascii=False, default=str) + "\n"
+    else:
+        text = grades_csv(rows)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        console.print(f"Wrote {plural(len(rows), 'row')} to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+async def cmd_regrade(args: argparse.Namespace, config: Config) -> int:
+    from .admin import regrade
+
+    store = await _open_store(config)
+    try:
+        await regrade(store, args.id)
+    finally:
+        await store.close()
+    console.print(
+        f"Attempt {args.id} is queued for grading again; a running peb-mail serve "
+        "sends the student new feedback."
+    )
+    return 0
+
+
+async def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
+    from .admin import dns_records, doctor
+
+    checks = await doctor(config, smtp_timeout_s=args.smtp_timeout)
+    rows = [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks]
+    if args.json:
+        print(json.dumps({"checks": rows, "dns": dns_records(config)}, indent=2))
+    else:
+        for check in checks:
+            mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+            console.print(f"{mark} {check.name}: {check.detail}", highlight=False)
+        console.print("\nDNS records to publish for " + config.service.domain + ":")
+        for line in dns_records(config):
+            console.print("  " + line, markup=False, highlight=False)
+    return 0 if all(c.ok for c in checks) else 1
+
+
 async def cmd_stats(args: argparse.Namespace, config: Config) -> int:
     store = await _open_store(config)
     try:
@@ -947,6 +1034,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add("stats", cmd_stats, "count records by state", listing)
+    assign = add(
+        "assign",
+        cmd_assign,
+        "start a scenario for every student of a cohort, as if each sent START "
+        "(students who already have it open are skipped)",
+    )
+    assign.add_argument("--cohort", required=True, help="cohort name from the roster")
+    assign.add_argument("--scenario", required=True, help="scenario number or id")
+    grades = commands.add_parser("grades", help="export grades").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    grades_export = add(
+        "export",
+        cmd_grades_export,
+        "one row per student and scenario (best and latest) for a gradebook import",
+        sub=grades,
+    )
+    grades_export.add_argument(
+        "--format",
+        choices=["csv", "json"],
+        default="csv",
+        help="output format (default csv)",
+    )
+    grades_export.add_argument(
+        "--out", metavar="FILE", help="file to write (default: standard output)"
+    )
+    add(
+        "regrade",
+        cmd_regrade,
+        "grade a graded or failed attempt again and send new feedback",
+    ).add_argument("id", type=int, help="attempt id")
+    doctor = add(
+        "doctor",
+        cmd_doctor,
+        "check the database, templates, scenarios, secret, mail transport and API "
+        "key, and print the DNS records to publish (exit 1 if a check fails)",
+        listing,
+    )
+    doctor.add_argument(
+        "--smtp-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds to wait for the smarthost (default 5)",
+    )
     student = commands.add_parser(
         "student", help="export or delete everything stored about one student"
     ).add_subparsers(dest="action", required=True, metavar="ACTION")

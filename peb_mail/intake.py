@@ -851,15 +851,25 @@ class Intake:
             await self._reply(db, "list", student, parsed, text)
             return None
 
-        attempt_id = await sql.create_attempt(
-            db,
-            student.id,
-            scenario.id,
-            lambda new_id: self.signer.token(student.id, new_id),
-            self.store.clock(),
-        )
-        attempt = await sql.fetch_attempt(db, attempt_id)
-        assert attempt is not None
+        already_open = [
+            a
+            for a in await sql.open_attempts(db, student.id)
+            if a.scenario_id == scenario.id
+        ]
+        if already_open:
+            # START twice: send the same brief again instead of a second attempt.
+            attempt = already_open[-1]
+        else:
+            attempt_id = await sql.create_attempt(
+                db,
+                student.id,
+                scenario.id,
+                lambda new_id: self.signer.token(student.id, new_id),
+                self.store.clock(),
+            )
+            attempt = await sql.fetch_attempt(db, attempt_id)
+            assert attempt is not None
+        attempt_id = attempt.id
         token = attempt.token
         emails = self.composer.start_emails(
             scenario,

@@ -25,8 +25,6 @@ from .worker import _wait_any, backoff_delay_s
 logger = logging.getLogger(__name__)
 
 
-
-
 class Transport(Protocol):
     async def deliver(self, email: OutboxEmail) -> str | None:
         """Deliver one email; return a note (such as refused recipients) or None.
@@ -60,8 +58,11 @@ class MaildirTransport:
 class SmtpTransport:
     """Send through the configured smarthost with aiosmtplib."""
 
-    def __init__(self, config: OutboxConfig) -> None:
+    def __init__(self, config: OutboxConfig, local_hostname: str | None = None) -> None:
         self.config = config
+        # Our EHLO name. Without it aiosmtplib uses socket.getfqdn(), which
+        # does a DNS lookup and may not be a fully qualified name.
+        self.local_hostname = local_hostname
 
     async def deliver(self, email: OutboxEmail) -> str | None:
         config = self.config
@@ -77,6 +78,7 @@ class SmtpTransport:
                 start_tls=config.starttls,
                 use_tls=config.use_tls,
                 timeout=config.timeout_s,
+                local_hostname=self.local_hostname,
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [item.code for item in exc.recipients]
@@ -113,9 +115,11 @@ class SmtpTransport:
         return None
 
 
-def make_transport(config: OutboxConfig) -> Transport:
+def make_transport(
+    config: OutboxConfig, local_hostname: str | None = None
+) -> Transport:
     if config.transport == "smtp":
-        return SmtpTransport(config)
+        return SmtpTransport(config, local_hostname)
     return MaildirTransport(config.maildir)
 
 

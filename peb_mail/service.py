@@ -137,7 +137,11 @@ class Service:
             )
         if config.service.retention_days > 0:
             self.tasks.append(asyncio.create_task(self._purge_hourly(), name="purge"))
-        sender = Sender(self.store, make_transport(config.outbox), config.outbox)
+        sender = Sender(
+            self.store,
+            make_transport(config.outbox, config.service.domain),
+            config.outbox,
+        )
         self.tasks.append(
             asyncio.create_task(
                 sender.run(self.sending_wake, self.stop_event), name="sender"

@@ -1024,3 +1024,54 @@ def test_quarantine_list_empty(cli: Cli) -> None:
 
     assert result.code == 0
     assert result.json() == []
+
+
+# -- assign, grades, regrade, doctor ----------------------------------------------
+
+
+def test_assign_cohort_starts_scenario(cli: Cli, tmp_path: Path) -> None:
+    roster = write_csv(
+        tmp_path,
+        "email,name,cohort\nana@student.test,Ana,demo\nbo@student.test,Bo,demo\n",
+    )
+    assert cli("roster", "import", str(roster)).code == 0
+
+    result = cli("assign", "--cohort", "demo", "--scenario", "2")
+    again = cli("assign", "--cohort", "demo", "--scenario", "2")
+
+    assert result.code == 0
+    assert "started for 2 students" in result.out
+    assert "Skipped 2 students" in again.out
+    assert len(cli("attempts", "list", "--json").json()) == 2
+
+
+def test_assign_unknown_cohort(cli: Cli) -> None:
+    result = cli("assign", "--cohort", "nobody", "--scenario", "1")
+
+    assert result.code == 2
+    assert "nobody" in result.err
+
+
+def test_grades_export_csv_header(cli: Cli) -> None:
+    result = cli("grades", "export")
+
+    assert result.code == 0
+    assert result.out.splitlines()[0].startswith("email,name,cohort,scenario_id")
+
+
+def test_regrade_open_attempt_rejected(cli: Cli, database: Path) -> None:
+    attempt_id = asyncio.run(add_attempt(database))
+
+    result = cli("regrade", str(attempt_id))
+
+    assert result.code != 0
+    assert str(attempt_id) in result.err
+
+
+def test_doctor_reports_checks(cli: Cli) -> None:
+    result = cli("doctor", "--json")
+
+    checks = {row["check"]: row["ok"] for row in result.json()["checks"]}
+    assert checks["database"] is True
+    assert checks["templates"] is True
+    assert any("MX" in line for line in result.json()["dns"])

@@ -302,7 +302,7 @@ async def test_only_open_attempt_fallback_policy_none(tmp_path: Path) -> None:
 
 async def test_two_open_attempts_no_fallback(harness: Harness) -> None:
     await start(harness)
-    await start(harness)
+    await start(harness, "reschedule-client-call")
     plain = f"daniel.okafor@{DOMAIN}"
     outcome = await harness.deliver(mail("Correction", GOOD_ANSWER, to=plain), plain)
     assert outcome.state == "rejected"
@@ -495,7 +495,7 @@ async def test_forged_token_in_database_ignored(harness: Harness) -> None:
             "update attempts set token = ? where id = ?", (forged, attempt.id)
         )
     address = f"daniel.okafor+{forged}@{DOMAIN}"
-    await start(harness)  # a second open attempt, so no fallback applies
+    await start(harness, "reschedule-client-call")  # a second open attempt: no fallback
     outcome = await harness.deliver(
         mail("Correction", GOOD_ANSWER, to=address), address
     )
@@ -608,3 +608,14 @@ async def test_released_quarantine_processed_again(harness: Harness) -> None:
     again = await harness.intake.process(outcome.inbound_id)
     assert again is not None
     assert again.state == "quarantined"
+
+
+async def test_start_twice_resends_same_brief(harness: Harness) -> None:
+    first = await start(harness)
+    second = await start(harness)
+    briefs = [
+        e for e in await harness.outbox() if str(e["Subject"]).startswith("Scenario 1:")
+    ]
+    assert second.id == first.id
+    assert len(await harness.attempts()) == 1
+    assert len(briefs) == 2
