@@ -24,6 +24,7 @@ from .config import Config
 from .errors import NotFoundError
 from .message import (
     ParsedEmail,
+    classify_raw,
     delivery_report,
     parse,
     strip_reply_prefix,
@@ -134,6 +135,17 @@ class Intake:
         ]
         if bounce_targets or f"bounces@{self.domain}" in rcpt_tos:
             return await self._record_bounce(inbound_id, row["raw"], bounce_targets)
+        mail_from = row["mail_from"]
+        if not mail_from or mail_from.startswith(("mailer-daemon@", "postmaster@")):
+            # Bounces are often malformed; decide before parsing so they are
+            # ignored rather than quarantined.
+            return await self._finish_only(
+                inbound_id, "ignored", "null or mailer-daemon envelope sender (bounce)"
+            )
+        automatic = classify_raw(row["raw"])
+        if automatic:
+            logger.info("inbound %d ignored: %s", inbound_id, automatic)
+            return await self._finish_only(inbound_id, "ignored", automatic)
         try:
             parsed = parse(row["raw"])
         except Exception as exc:  # any parser failure must quarantine, not crash

@@ -27,10 +27,18 @@ _MSGID_RE = re.compile(r"<([^<>\s]+)>")
 _REPLY_PREFIX_RE = re.compile(
     r"^\s*((re|aw|sv|antw|r|ref|tr|fwd?|wg)\s*(\[\d+\])?\s*:\s*)+", re.I
 )
+# Auto-reply and out-of-office subjects, as Outlook, Gmail and common mail
+# servers write them in English, German, French, Spanish, Dutch, Portuguese and
+# Italian, and the subjects of bounces without a report part.
 _AUTO_SUBJECT_RE = re.compile(
-    r"^\s*(auto(matic)?[ -]?(reply|response)|out of (the )?office|abwesenheit|"
-    r"r[ée]ponse automatique|respuesta autom[áa]tica|undeliver|delivery status|"
-    r"mail delivery failed|returned mail)",
+    r"^\s*(auto(matic)?[ -]?(reply|response)|out of (the )?office|"
+    r"automatische antwort|abwesenheit|"
+    r"r[ée]ponse automatique|absent du bureau|"
+    r"respuesta autom[áa]tica|fuera de la oficina|"
+    r"automatisch antwoord|afwezig|"
+    r"resposta autom[áa]tica|ausente do escrit[óo]rio|"
+    r"risposta automatica|fuori sede|"
+    r"undeliver|delivery status|mail delivery failed|returned mail)",
     re.I,
 )
 
@@ -112,6 +120,11 @@ def parse(raw: bytes) -> ParsedEmail:
         raise UnreadableBodyError(
             "Outlook TNEF (winmail.dat) body with no readable text; needs manual review"
         )
+    if not body_text.strip() and not attachments and _has_unread_text(raw):
+        # A broken MIME structure (parts under another boundary than the one
+        # declared) yields no text part. Telling the student the email was
+        # empty would be wrong, so a person must look at it.
+        raise UnreadableBodyError("no readable text part in a non-empty message")
     subject = _decoded_header(headers, "Subject")
     return ParsedEmail(
         message_id=_first(parse_message_ids(_decoded_header(headers, "Message-ID"))),
@@ -128,6 +141,15 @@ def parse(raw: bytes) -> ParsedEmail:
     )
 
 
+def classify_raw(raw: bytes) -> str | None:
+    """Classify from the headers alone, before a full parse that may fail."""
+    try:
+        headers = email.message_from_bytes(raw, policy=email.policy.compat32)
+        return classify_automatic(headers, _decoded_header(headers, "Subject"))
+    except Exception:  # a header block this broken is handled by parse()
+        return None
+
+
 def classify_automatic(headers: email.message.Message, subject: str) -> str | None:
     """Return why a message is machine-sent and must not be answered, or None."""
     auto = str(headers.get("Auto-Submitted", "")).strip().lower()
@@ -142,8 +164,8 @@ def classify_automatic(headers: email.message.Message, subject: str) -> str | No
     if headers.get("List-Id"):
         return "mailing list (List-Id)"
     content_type = str(headers.get("Content-Type", "")).lower()
-    if "multipart/report" in content_type:
-        return "delivery report (multipart/report)"
+    if "multipart/report" in content_type or "message/delivery-status" in content_type:
+        return "delivery report"
     if _AUTO_SUBJECT_RE.search(subject):
         return "auto-reply subject"
     return None
@@ -151,6 +173,18 @@ def classify_automatic(headers: email.message.Message, subject: str) -> str | No
 
 class UnreadableBodyError(ValueError):
     """The message has a body we cannot read as text."""
+
+
+def _has_unread_text(raw: bytes) -> bool:
+    """True when the body has letters beyond MIME boundary and header lines."""
+    body = raw.replace(b"\r\n", b"\n").split(b"\n\n", 1)[-1]
+    lines = [
+        line
+        for line in body.split(b"\n")
+        if line.strip() and not line.startswith(b"--") and b":" not in line[:40]
+    ]
+    letters = sum(chr(byte).isalpha() for line in lines for byte in line)
+    return letters >= 40
 
 
 def _is_tnef(item: AttachmentInfo) -> bool:
@@ -219,9 +253,15 @@ def _single_from(values: list[str]) -> tuple[str, str]:
     try:
         header = email.policy.default.header_factory("From", raw)
         strict = list(header.addresses)  # type: ignore[attr-defined]
+        # Real clients put encoded words inside quotes ("=?utf-8?b?...?="),
+        # which RFC 2047 forbids but every reader accepts; the address is
+        # still clear, so that defect alone does not make the header unclear.
         defects = [
-            d for d in header.defects if isinstance(d, email.errors.InvalidHeaderDefect)
-        ]  # type: ignore[attr-defined]
+            d
+            for d in header.defects  # type: ignore[attr-defined]
+            if isinstance(d, email.errors.InvalidHeaderDefect)
+            and "encoded word inside quoted string" not in str(d)
+        ]
     except (IndexError, ValueError, TypeError) as exc:
         raise SenderError(f"unreadable From header: {exc}") from exc
     if defects or len(strict) != 1:

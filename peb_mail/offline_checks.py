@@ -666,6 +666,10 @@ def is_british_form(word: str, checker: SpellChecker) -> bool:
     return False
 
 
+MAX_CORRECTION_LOOKUPS = 25
+MAX_CHECKED_WORD_LENGTH = 15
+
+
 def best_correction(word: str, checker: SpellChecker) -> str | None:
     """Return the most frequent candidate, breaking ties alphabetically.
 
@@ -691,6 +695,11 @@ def find_misspellings(
     """
     cleaned = EMAIL_OR_URL.sub(" ", text)
     found: dict[str, Misspelling] = {}
+    # Looking up corrections costs about a second for a long unknown word in
+    # pyspellchecker 0.9, so garbled text could take minutes. Only this many
+    # unknown words get a lookup, and words longer than a normal English word
+    # are taken as codes or jargon.
+    lookups_left = MAX_CORRECTION_LOOKUPS
     for match in SPELL_TOKEN.finditer(cleaned):
         token = match.group().replace("’", "'").strip("'-")
         if not token or token[0].isupper():
@@ -712,6 +721,9 @@ def find_misspellings(
                 continue
             if is_british_form(word, checker):
                 continue
+            if len(word) > MAX_CHECKED_WORD_LENGTH or lookups_left <= 0:
+                continue
+            lookups_left -= 1
             correction = best_correction(word, checker)
             if correction:
                 found[word] = Misspelling(word=piece, correction=correction)

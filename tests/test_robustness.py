@@ -211,12 +211,6 @@ async def test_missing_content_type_extracted(token_pipeline) -> None:  # type: 
     assert "$14,200, not $41,200" in delivery.attempt_body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="message.py parse: when no part uses the declared boundary, "
-    "mail-parser returns no text, so intake answers 'nothing to grade' and "
-    "tells the student the email was empty instead of quarantining it",
-)
 async def test_mismatched_boundary_extracted(token_pipeline) -> None:  # type: ignore[no-untyped-def]
     raw = (
         headers('Content-Type: multipart/alternative; boundary="right"\r\n')
