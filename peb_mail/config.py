@@ -135,6 +135,9 @@ class OutboxConfig:
     max_tries: int = 10
     backoff_base_s: float = 10.0
     backoff_max_s: float = 1800.0
+    # Emails per minute this process hands to the smarthost; 0 = no limit.
+    # Some providers accept only a few messages a minute.
+    max_per_minute: int = 0
     # An email still failing this long after it was queued is marked dead.
     dead_after_s: float = 172800.0
     # DKIM signing of outbound mail: all three set, or none. The domain
@@ -157,6 +160,9 @@ class InstructorsConfig:
     # "separate": one summary email per grade; "cc": instructors are copied on
     # the student's feedback; "none": no instructor mail.
     delivery: str = "separate"
+    # UTC hour (0-23) at which each cohort's instructors get a daily digest;
+    # -1 sends none.
+    digest_hour_utc: int = -1
 
 
 @dataclass(frozen=True)
@@ -361,6 +367,11 @@ def _validate(where: str, config: Config) -> None:
         (
             config.outbox.transport != "smtp" or bool(config.outbox.smarthost_host),
             'outbox.smarthost_host must be set when outbox.transport is "smtp"',
+        ),
+        (
+            -1 <= config.instructors.digest_hour_utc <= 23,
+            f"instructors.digest_hour_utc must be -1 (off) or 0-23, got "
+            f"{config.instructors.digest_hour_utc}",
         ),
         (
             config.instructors.delivery in ("separate", "cc", "none"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import mailbox
+from collections import deque
 from pathlib import Path
 from typing import Protocol
 
@@ -132,11 +133,26 @@ class Sender:
         self.store = store
         self.transport = transport
         self.config = config
+        # Times of recent hand-offs, for outbox.max_per_minute.
+        self._recent: deque[float] = deque()
+
+    def _free_slots(self) -> int:
+        """How many emails may go now under outbox.max_per_minute (10 at most)."""
+        if self.config.max_per_minute <= 0:
+            return 10
+        now = self.store.clock()
+        while self._recent and self._recent[0] <= now - 60.0:
+            self._recent.popleft()
+        return max(0, min(10, self.config.max_per_minute - len(self._recent)))
 
     async def run_once(self) -> int:
-        """Try every email that is due now; returns how many were tried."""
-        emails = await self.store.claim_outbox(self.config.send_lease_s)
+        """Try every email that is due now, within the rate limit; returns how many."""
+        slots = self._free_slots()
+        if slots == 0:
+            return 0
+        emails = await self.store.claim_outbox(self.config.send_lease_s, limit=slots)
         for item in emails:
+            self._recent.append(self.store.clock())
             await self._deliver(item)
         return len(emails)
 

@@ -135,6 +135,10 @@ class Service:
                     name=f"worker-{index}",
                 )
             )
+        if config.instructors.digest_hour_utc >= 0:
+            self.tasks.append(
+                asyncio.create_task(self._digests(composer), name="digests")
+            )
         if config.service.retention_days > 0:
             self.tasks.append(asyncio.create_task(self._purge_hourly(), name="purge"))
         sender = Sender(
@@ -160,6 +164,21 @@ class Service:
                     "warming up the grader failed; the first grading will retry"
                 )
         logger.info("grader %s ready in %.2fs", grader.name, time.monotonic() - started)
+
+    async def _digests(self, composer: Composer) -> None:
+        """Check every few minutes whether today's digests are due."""
+        from .digest import send_due_digests
+
+        assert self.store is not None
+        while not self.stop_event.is_set():
+            try:
+                if await send_due_digests(
+                    self.store, composer, self.config, self.scenarios
+                ):
+                    self.sending_wake.set()
+            except Exception:
+                logger.exception("sending the daily digest failed; trying again later")
+            await _wait_any(self.stop_event, self.stop_event, 300.0)
 
     async def _purge_hourly(self) -> None:
         """Delete raw messages past service.retention_days, once an hour."""

@@ -135,6 +135,11 @@ create table if not exists overrides (
     commands text not null,
     created_at real not null
 );
+create table if not exists digests (
+    cohort text not null,
+    day text not null,
+    primary key (cohort, day)
+);
 create table if not exists notices (
     sender text not null,
     day text not null,
@@ -470,6 +475,12 @@ class Store:
                         (cohort, address),
                     )
         return added, updated
+
+    async def cohorts(self) -> list[str]:
+        rows = await self._fetchall(
+            "select distinct cohort from students order by cohort"
+        )
+        return [row["cohort"] for row in rows]
 
     async def list_students(self) -> list[Student]:
         rows = await self._fetchall(
@@ -1024,6 +1035,14 @@ async def finish_inbound(
         "update inbound set state = ?, reason = ?, student_id = ?, attempt_id = ?, "
         "processed_at = ? where id = ? and state = 'received'",
         (state, reason, student_id, attempt_id, now, inbound_id),
+    )
+    return cursor.rowcount == 1
+
+
+async def take_digest_slot(db: aiosqlite.Connection, cohort: str, day: str) -> bool:
+    """Return True the first time ``cohort``'s digest for ``day`` is claimed."""
+    cursor = await db.execute(
+        "insert or ignore into digests (cohort, day) values (?, ?)", (cohort, day)
     )
     return cursor.rowcount == 1
 

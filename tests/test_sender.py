@@ -7,6 +7,7 @@ the retry delays the sender writes are checked exactly, without sleeping.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -410,3 +411,25 @@ async def test_backoff_jitter_bounds() -> None:
 
 async def test_backoff_huge_tries_capped() -> None:
     assert backoff_delay_s(2000, 10.0, 100.0, rand=lambda: 0.0) == 50.0
+
+
+async def test_rate_limit_spreads_deliveries(
+    store: Store, clock: FakeClock, smarthost: Smarthost
+) -> None:
+    for index in range(5):
+        email = NewEmail(
+            message_id=f"<rate{index}@peb-mail.test>",
+            kind="feedback",
+            envelope_from=FROM,
+            rcpt_tos=(ANA,),
+            raw=RAW,
+        )
+        async with store.transaction() as db:
+            await sql.insert_outbox(db, email, store.clock())
+    config = dataclasses.replace(smtp_config(smarthost.port), max_per_minute=2)
+    sender = Sender(store, SmtpTransport(config), config)
+    assert await sender.run_once() == 2
+    assert await sender.run_once() == 0
+    clock.advance(61.0)
+    assert await sender.run_once() == 2
+    assert len(smarthost.accepted) == 4
