@@ -1175,6 +1175,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(
             logging.DEBUG if args.verbose else logging.INFO,
             redact_addresses=config.service.redact_addresses,
+            fmt=config.service.log_format,
         )
         return asyncio.run(args.handler(args, config))
     except (ConfigError, NotFoundError) as exc:

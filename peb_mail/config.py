@@ -50,6 +50,8 @@ class ServiceConfig:
     max_attempts_per_scenario: int = 5
     # Mask the local part of email addresses in logs ("a***@example.com").
     redact_addresses: bool = False
+    # "text" or "json" (one JSON object per line, for journald and collectors).
+    log_format: str = "text"
     # Raw received messages older than this many days are deleted; 0 keeps them.
     retention_days: int = 0
 
@@ -65,6 +67,8 @@ class ListenerConfig:
     max_message_bytes: int = 10 * 1024 * 1024
     # Where `serve` writes the bound port, useful with port = 0.
     port_file: Path | None = None
+    # "smtp", or "lmtp" when Postfix or Exim delivers to peb-mail.
+    protocol: str = "smtp"
     max_recipients: int = 50
     max_sessions: int = 100
     # Calls of any one SMTP command in a session (aiosmtpd's command_call_limit).
@@ -321,6 +325,14 @@ def _validate(where: str, config: Config) -> None:
             config.service.sender_policy != "token+dmarc"
             or bool(config.service.trusted_authserv_ids),
             'service.trusted_authserv_ids must name your MTA when sender_policy is "token+dmarc"',
+        ),
+        (
+            config.listener.protocol in ("smtp", "lmtp"),
+            f'listener.protocol must be "smtp" or "lmtp", got {config.listener.protocol!r}',
+        ),
+        (
+            config.service.log_format in ("text", "json"),
+            f'service.log_format must be "text" or "json", got {config.service.log_format!r}',
         ),
         (
             config.grader.kind in ("offline", "llm"),

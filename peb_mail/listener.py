@@ -18,6 +18,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from .config import Config, ListenerConfig
+from .errors import ConfigError
 from .message import header_message_id
 from .store import Store
 
@@ -246,11 +247,27 @@ async def start_listener(
         tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls_context.load_cert_chain(listener.tls_cert_file, listener.tls_key_file)
 
+    # "smtp" for mail clients and MTAs, "lmtp" for a local MTA that delivers
+    # through an LMTP transport. getattr keeps configs without the key working.
+    protocol = getattr(listener, "protocol", "smtp")
+    protocol_class: type[PebSMTP]
+    if protocol == "smtp":
+        protocol_class, ident = PebSMTP, "peb-mail ESMTP"
+    elif protocol == "lmtp":
+        # Imported here because peb_mail.lmtp imports PebSMTP from this module.
+        from .lmtp import PebLMTP
+
+        protocol_class, ident = PebLMTP, "peb-mail LMTP"
+    else:
+        raise ConfigError(
+            f'listener.protocol must be "smtp" or "lmtp", got {protocol!r}'
+        )
+
     def factory() -> PebSMTP:
-        return PebSMTP(
+        return protocol_class(
             handler,
             hostname=config.service.domain,
-            ident="peb-mail ESMTP",
+            ident=ident,
             data_size_limit=listener.max_message_bytes,
             enable_SMTPUTF8=True,
             decode_data=False,
