@@ -220,27 +220,9 @@ class GradingWorker:
         flags: tuple[str, ...],
     ) -> str:
         """Tell the student why the email was not graded and reopen the attempt."""
-        inbound = (
-            await self.store.inbound_row(attempt.inbound_id)
-            if attempt.inbound_id
-            else None
-        )
-        message_id, references = thread_of(inbound["raw"] if inbound else b"")
-        notice = self.composer.build(
-            kind="notice",
-            sender=self.composer.service,
-            to=[Mailbox(student.name, student.email)],
-            subject=reply_subject(attempt.subject or "your email"),
-            text=self.composer.render(
-                "notice.txt.j2",
-                student_name=student.name.split()[0] if student.name.split() else "",
-                # Every refusal text already says what to send instead.
-                text=refusal + " It will be graded for the same scenario.",
-            ),
-            reply_to=self.composer.reply_address(attempt.token),
-            in_reply_to=message_id,
-            references=references,
-            attempt_id=attempt.id,
+        # Every refusal text already says what to send instead.
+        notice = await self._student_notice(
+            attempt, student, refusal + " It will be graded for the same scenario."
         )
         now = self.store.clock()
         async with self.store.transaction() as db:
@@ -309,6 +291,31 @@ class GradingWorker:
             return None
         return Verdict.from_json(previous.verdict)
 
+    async def _student_notice(
+        self, attempt: Attempt, student: Student, text: str
+    ) -> sql.NewEmail:
+        """Build a short notice to the student, threaded under their submission."""
+        inbound = (
+            await self.store.inbound_row(attempt.inbound_id)
+            if attempt.inbound_id
+            else None
+        )
+        message_id, references = thread_of(inbound["raw"] if inbound else b"")
+        words = student.name.split()
+        return self.composer.build(
+            kind="notice",
+            sender=self.composer.service,
+            to=[Mailbox(student.name, student.email)],
+            subject=reply_subject(attempt.subject or "your email"),
+            text=self.composer.render(
+                "notice.txt.j2", student_name=words[0] if words else "", text=text
+            ),
+            reply_to=self.composer.reply_address(attempt.token),
+            in_reply_to=message_id,
+            references=references,
+            attempt_id=attempt.id,
+        )
+
     async def _give_up(self, job: Job, error: str) -> str:
         """Mark the job failed and tell the student that grading is delayed."""
         logger.warning(
@@ -324,29 +331,11 @@ class GradingWorker:
         )
         notice = None
         if attempt is not None and student is not None:
-            inbound = (
-                await self.store.inbound_row(attempt.inbound_id)
-                if attempt.inbound_id
-                else None
-            )
-            message_id, references = thread_of(inbound["raw"] if inbound else b"")
-            notice = self.composer.build(
-                kind="notice",
-                sender=self.composer.service,
-                to=[Mailbox(student.name, student.email)],
-                subject=reply_subject(attempt.subject or "your email"),
-                text=self.composer.render(
-                    "notice.txt.j2",
-                    student_name=student.name.split()[0]
-                    if student.name.split()
-                    else "",
-                    text="We received your email, but grading it is delayed. Your teacher "
-                    "will check it. You do not need to send it again.",
-                ),
-                reply_to=self.composer.reply_address(attempt.token),
-                in_reply_to=message_id,
-                references=references,
-                attempt_id=attempt.id,
+            notice = await self._student_notice(
+                attempt,
+                student,
+                "We received your email, but grading it is delayed. Your teacher "
+                "will check it. You do not need to send it again.",
             )
         now = self.store.clock()
         async with self.store.transaction() as db:
