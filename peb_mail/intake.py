@@ -13,43 +13,28 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 from dataclasses import asdict, dataclass
 
 import aiosqlite
 
 from . import store as sql
+from .commands import StudentCommands, first_name, parse_command
 from .compose import Composer, Mailbox, reply_subject
 from .config import Config
 from .errors import NotFoundError
+from .instructor_replies import InstructorReplies, review_target
 from .message import (
     ParsedEmail,
     classify_raw,
     delivery_report,
     parse,
-    strip_reply_prefix,
-    thread_of,
 )
-from .models import MAX_TOTAL, Artefact, Scenario, Verdict
-from .overrides import apply_overrides, parse_overrides
-from .progress import build_progress
-from .scenarios import find_scenario
+from .models import Artefact, Scenario
 from .store import Attempt, Store, Student
 from .tokens import TokenSigner, load_signer
 from .trust import DnsLookup, check_sender
 
 logger = logging.getLogger(__name__)
-
-COMMANDS = ("HELP", "LIST", "START", "STATUS")
-_COMMAND_RE = re.compile(
-    r"^\s*(help|list|status|start)(?:\s+([a-z0-9][a-z0-9-]*))?\s*[.!]?\s*$", re.I
-)
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    argument: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,26 +47,6 @@ class Outcome:
     attempt_id: int | None = None
 
 
-def parse_command(subject: str, new_text: str) -> Command | None:
-    """Find a command in the subject or the first line of the new text.
-
-    The whole subject or line must be the command, so an email whose subject
-    is "Help with the report" is not read as HELP.
-    """
-    first_line = next((line for line in new_text.splitlines() if line.strip()), "")
-    for candidate in (strip_reply_prefix(subject), first_line):
-        match = _COMMAND_RE.match(candidate)
-        if match:
-            name = match.group(1).upper()
-            argument = match.group(2)
-            if name == "START" and not argument:
-                return Command("START")
-            if name != "START" and argument:
-                continue
-            return Command(name, argument)
-    return None
-
-
 def token_of(address: str, domain: str) -> str | None:
     local, _, address_domain = address.lower().rpartition("@")
     if address_domain != domain or "+" not in local:
@@ -89,7 +54,7 @@ def token_of(address: str, domain: str) -> str | None:
     return local.rsplit("+", 1)[1] or None
 
 
-class Intake:
+class Intake(InstructorReplies, StudentCommands):
     """Process received messages; one instance per service process."""
 
     def __init__(
@@ -342,7 +307,7 @@ class Intake:
         raw: bytes = b"",
         trusted: bool = False,
     ) -> Outcome | None:
-        review = _review_target(rcpt_tos, self.domain)
+        review = review_target(rcpt_tos, self.domain)
         if review is not None:
             return await self._instructor_reply(db, inbound_id, parsed, *review)
         student = await sql.fetch_student(db, parsed.from_address)
@@ -464,197 +429,6 @@ class Intake:
                 return open_attempts[0], None, "only-open"
         return None
 
-    async def _instructor_reply(
-        self,
-        db: aiosqlite.Connection,
-        inbound_id: int,
-        parsed: ParsedEmail,
-        attempt_id: int,
-        token: str,
-    ) -> Outcome | None:
-        """Apply an instructor's overrides sent as a reply to a grade summary."""
-        attempt = await sql.fetch_attempt(db, attempt_id)
-        if attempt is None or not self.signer.verify_review(token, attempt_id):
-            return await self._finish(
-                db, inbound_id, "rejected", "invalid review address", None, None
-            )
-        student = await sql.fetch_student_by_id(db, attempt.student_id)
-        assert student is not None
-        instructors = {
-            *await sql.cohort_instructors_in(db, student.cohort),
-            *self.config.cohorts.get(student.cohort, ()),
-        }
-        instructor = parsed.from_address
-        if instructor not in instructors:
-            logger.warning(
-                "inbound %d: review reply for attempt %d from a non-instructor",
-                inbound_id,
-                attempt_id,
-            )
-            return await self._finish(
-                db,
-                inbound_id,
-                "rejected",
-                "review reply from a non-instructor",
-                None,
-                attempt.id,
-            )
-        commands, errors = parse_overrides(parsed.new_text)
-        scenario = self.scenarios_by_id.get(attempt.scenario_id)
-        if not commands and not errors:
-            errors.append(
-                "No command found. Write one command per line; see the list below."
-            )
-        needs_grade = [c for c in commands if c.action != "regrade"]
-        if needs_grade and not attempt.verdict:
-            errors.append(
-                f"Attempt {attempt.id} has no grade yet (state {attempt.state}), so only "
-                "regrade is possible."
-            )
-        if errors or scenario is None:
-            await self._confirm(
-                db,
-                parsed,
-                instructor,
-                attempt,
-                "Nothing was changed.\n\n"
-                + "\n".join(
-                    f"- {error}"
-                    for error in errors or ["The scenario no longer exists."]
-                ),
-            )
-            return await self._finish(
-                db, inbound_id, "processed", "override rejected", student.id, attempt.id
-            )
-
-        now = self.store.clock()
-        if any(c.action == "regrade" for c in commands):
-            await sql.record_override(
-                db, attempt.id, instructor, "regrade", None, None, now
-            )
-            if not await sql.requeue_grading(db, attempt.id, now):
-                await self._confirm(
-                    db,
-                    parsed,
-                    instructor,
-                    attempt,
-                    "Nothing was changed: this attempt has no email to grade yet.",
-                )
-                return await self._finish(
-                    db,
-                    inbound_id,
-                    "processed",
-                    "override rejected",
-                    student.id,
-                    attempt.id,
-                )
-            await self._confirm(
-                db,
-                parsed,
-                instructor,
-                attempt,
-                "The email will be graded again. The student gets new feedback, and "
-                "you get a new summary.",
-            )
-            return await self._finish(
-                db, inbound_id, "processed", "override: regrade", student.id, attempt.id
-            )
-
-        assert attempt.verdict is not None
-        verdict = apply_overrides(
-            Verdict.from_json(attempt.verdict), commands, instructor
-        )
-        await sql.record_override(
-            db,
-            attempt.id,
-            instructor,
-            "\n".join(c.describe() for c in commands),
-            verdict.to_json(),
-            verdict.total,
-            now,
-        )
-        thread = thread_of(await sql.inbound_raw(db, attempt.inbound_id))
-        emails = self.composer.feedback_emails(
-            attempt, student, scenario, verdict, thread, [], updated_by=instructor
-        )
-        for item in emails:
-            if item.kind == "feedback":
-                await sql.insert_outbox(db, item, now)
-        await self._confirm(
-            db,
-            parsed,
-            instructor,
-            attempt,
-            "Done: "
-            + "; ".join(c.describe() for c in commands)
-            + f". The new total is {verdict.total}/{MAX_TOTAL}. {student.name} was sent "
-            "updated feedback.",
-        )
-        return await self._finish(
-            db,
-            inbound_id,
-            "processed",
-            f"override by {instructor}",
-            student.id,
-            attempt.id,
-        )
-
-    async def _confirm(
-        self,
-        db: aiosqlite.Connection,
-        parsed: ParsedEmail,
-        instructor: str,
-        attempt: Attempt,
-        text: str,
-    ) -> None:
-        """Answer an instructor's override reply with the result or the errors."""
-        email = self.composer.build(
-            kind="confirmation",
-            sender=self.composer.service,
-            to=[Mailbox(parsed.from_name, instructor)],
-            subject=reply_subject(parsed.subject),
-            text=f"{text}\n\nCommands, one per line:\n"
-            "  score 28 | criterion tone 4 | comment Well done. | regrade\n",
-            in_reply_to=parsed.message_id,
-            references=parsed.references,
-            attempt_id=attempt.id,
-        )
-        await sql.insert_outbox(db, email, self.store.clock())
-
-    async def _tell_instructors_held(
-        self,
-        db: aiosqlite.Connection,
-        inbound_id: int,
-        student: Student,
-        attempt: Attempt,
-        reason: str,
-    ) -> None:
-        """Tell the cohort's instructors that a submission waits for their review."""
-        instructors = sorted(
-            {
-                *await sql.cohort_instructors_in(db, student.cohort),
-                *self.config.cohorts.get(student.cohort, ()),
-            }
-        )
-        if not instructors:
-            return
-        text = (
-            f"A submission that names {student.name} <{student.email}> as its sender "
-            f"for attempt {attempt.id} ({attempt.scenario_id}) was held and not "
-            f"graded.\n\nReason: {reason}\n\nIf you know it is genuine, an admin can "
-            f"grade it with:\n\n    peb-mail quarantine release --trust {inbound_id}\n"
-        )
-        notice = self.composer.build(
-            kind="held",
-            sender=self.composer.service,
-            to=[Mailbox("", address) for address in instructors],
-            subject=f"[peb-mail] Held for review: {student.name}, attempt {attempt.id}",
-            text=text,
-            attempt_id=attempt.id,
-            auto_submitted="auto-generated",
-        )
-        await sql.insert_outbox(db, notice, self.store.clock())
-
     async def _next_attempt(
         self, db: aiosqlite.Connection, student: Student, previous: Attempt
     ) -> Attempt | None:
@@ -707,7 +481,7 @@ class Intake:
             student,
             parsed,
             self.composer.render(
-                "notice.txt.j2", student_name=_first_name(student.name), text=text
+                "notice.txt.j2", student_name=first_name(student.name), text=text
             ),
             attempt_id=attempt.id,
         )
@@ -731,7 +505,7 @@ class Intake:
                     parsed,
                     self.composer.render(
                         "notice.txt.j2",
-                        student_name=_first_name(student.name),
+                        student_name=first_name(student.name),
                         text=(
                             f"You have used all {self.config.service.max_attempts_per_scenario} "
                             "attempts for this scenario, so we did not grade this email. "
@@ -766,7 +540,7 @@ class Intake:
                 parsed,
                 self.composer.render(
                     "notice.txt.j2",
-                    student_name=_first_name(student.name),
+                    student_name=first_name(student.name),
                     text=f"{state_text} To practise it again, send START {ref}.",
                 ),
                 attempt_id=attempt.id,
@@ -793,7 +567,7 @@ class Intake:
                 student,
                 parsed,
                 self.composer.render(
-                    "notice.txt.j2", student_name=_first_name(student.name), text=text
+                    "notice.txt.j2", student_name=first_name(student.name), text=text
                 ),
                 attempt_id=attempt.id,
             )
@@ -812,122 +586,6 @@ class Intake:
         )
         return await self._finish(
             db, inbound_id, "processed", "submission queued", student.id, attempt.id
-        )
-
-    async def _run_command(
-        self,
-        db: aiosqlite.Connection,
-        command: Command,
-        student: Student,
-        parsed: ParsedEmail,
-    ) -> int | None:
-        name = _first_name(student.name)
-        if command.name == "LIST":
-            text = self.composer.render(
-                "list.txt.j2", student_name=name, scenarios=self.scenarios
-            )
-            await self._reply(db, "list", student, parsed, text)
-        elif command.name == "STATUS":
-            text, html = await self._status_texts(db, student)
-            await self._reply(db, "status", student, parsed, text, html=html)
-        elif command.name == "START":
-            return await self._start(db, command.argument, student, parsed)
-        else:
-            await self._reply(db, "help", student, parsed, self._help_text(student))
-        return None
-
-    async def _start(
-        self,
-        db: aiosqlite.Connection,
-        ref: str | None,
-        student: Student,
-        parsed: ParsedEmail,
-    ) -> int | None:
-        name = _first_name(student.name)
-        if not ref:
-            text = self._help_text(
-                student,
-                note="START needs a scenario number or id, for example START 1.",
-            )
-            await self._reply(db, "help", student, parsed, text)
-            return None
-        try:
-            scenario = find_scenario(self.scenarios, ref)
-        except NotFoundError as exc:
-            text = self.composer.render(
-                "list.txt.j2",
-                student_name=name,
-                scenarios=self.scenarios,
-                note=str(exc),
-            )
-            await self._reply(db, "list", student, parsed, text)
-            return None
-
-        already_open = [
-            a
-            for a in await sql.open_attempts(db, student.id)
-            if a.scenario_id == scenario.id
-        ]
-        if already_open:
-            # START twice: send the same brief again instead of a second attempt.
-            attempt = already_open[-1]
-        else:
-            attempt_id = await sql.create_attempt(
-                db,
-                student.id,
-                scenario.id,
-                lambda new_id: self.signer.token(student.id, new_id),
-                self.store.clock(),
-            )
-            attempt = await sql.fetch_attempt(db, attempt_id)
-            assert attempt is not None
-        attempt_id = attempt.id
-        token = attempt.token
-        emails = self.composer.start_emails(
-            scenario,
-            Mailbox(student.name, student.email),
-            token,
-            attempt_id=attempt_id,
-            in_reply_to=parsed.message_id,
-            references=parsed.references,
-        )
-        for item in emails:
-            await sql.insert_outbox(db, item, self.store.clock())
-        return attempt_id
-
-    async def _status_texts(
-        self, db: aiosqlite.Connection, student: Student
-    ) -> tuple[str, str]:
-        """Render STATUS as (text, html): scenarios, skill trends, a suggestion."""
-        attempts = await sql.student_attempts(db, student.id)
-        open_status = {}
-        for attempt in attempts:
-            scenario = self.scenarios_by_id.get(attempt.scenario_id)
-            if attempt.state != "open" or scenario is None:
-                continue
-            if scenario.type == "initiate":
-                address = self.composer.counterpart_address(scenario, attempt.token)
-                open_status[attempt.id] = f"Started. Write your email to {address}"
-            else:
-                open_status[attempt.id] = (
-                    f"Started. Reply to the email from {scenario.counterpart.name}."
-                )
-        progress = build_progress(attempts, self.scenarios, open_status)
-        name = _first_name(student.name)
-        return (
-            self.composer.render("status.txt.j2", student_name=name, progress=progress),
-            self.composer.render(
-                "status.html.j2", student_name=name, progress=progress
-            ),
-        )
-
-    def _help_text(self, student: Student | None, note: str | None = None) -> str:
-        example = self.scenarios[0].id if self.scenarios else "scenario-id"
-        return self.composer.render(
-            "help.txt.j2",
-            student_name=_first_name(student.name) if student else "",
-            example_id=example,
-            note=note,
         )
 
     async def _reply(
@@ -972,7 +630,7 @@ class Intake:
         day = dt.datetime.fromtimestamp(self.store.clock(), dt.UTC).date().isoformat()
         if not await sql.take_notice_slot(db, parsed.from_address, day):
             return
-        name = _first_name(student.name) if student else ""
+        name = first_name(student.name) if student else ""
         email = self.composer.build(
             kind="notice",
             sender=self.composer.service,
@@ -1013,20 +671,3 @@ class Intake:
 
 class _AlreadyProcessed(Exception):
     """Raised inside the intake transaction to roll it back."""
-
-
-def _review_target(rcpt_tos: list[str], domain: str) -> tuple[int, str] | None:
-    """Find review+ATTEMPT-TOKEN@domain among the recipients."""
-    for address in rcpt_tos:
-        local, _, address_domain = address.partition("@")
-        if address_domain != domain or not local.startswith("review+"):
-            continue
-        attempt_part, _, token = local[len("review+") :].partition("-")
-        if attempt_part.isdigit() and token:
-            return int(attempt_part), token
-    return None
-
-
-def _first_name(name: str) -> str:
-    parts = name.split()
-    return parts[0] if parts else ""

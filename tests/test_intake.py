@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from peb_mail import store as sql
+from peb_mail.commands import Command, parse_command
 from peb_mail.compose import Composer
 from peb_mail.config import Config
-from peb_mail.intake import Command, Intake, Outcome, parse_command, token_of
+from peb_mail.intake import Intake, Outcome, token_of
 from peb_mail.scenarios import load_scenarios
 from peb_mail.store import Store
 
