@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Outcome:
-    """What intake decided for one message, for logs, the CLI and the demo."""
+    """Intake's decision for one message, for logs, the CLI and the demo."""
 
     inbound_id: int
     state: str

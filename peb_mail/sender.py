@@ -137,7 +137,7 @@ class Sender:
         self._recent: deque[float] = deque()
 
     def _free_slots(self) -> int:
-        """How many emails may go now under outbox.max_per_minute (10 at most)."""
+        """Count the emails that may go now under outbox.max_per_minute (10 at most)."""
         if self.config.max_per_minute <= 0:
             return 10
         now = self.store.clock()

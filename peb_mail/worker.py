@@ -279,7 +279,7 @@ class GradingWorker:
         return f"graded {verdict.total}"
 
     def review_address(self, attempt_id: int) -> str:
-        """The address instructors reply to with overrides for one attempt."""
+        """Return the address instructors reply to with overrides for one attempt."""
         token = self.signer.review_token(attempt_id)
         return f"review+{attempt_id}-{token}@{self.config.service.domain}"
 
