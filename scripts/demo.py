@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from email.utils import format_datetime, make_msgid
@@ -189,17 +189,22 @@ def start_scenario(demo: Demo, scenario_id: str) -> Started:
     demo.send(command, f"practice@{DOMAIN}")
     command_id = command["Message-ID"]
     [brief] = demo.wait_for(lambda item: item["In-Reply-To"] == command_id)
-    # Starts run one at a time, so the newest attempt is this one.
+    # The brief is recorded in the outbox with the attempt it belongs to.
+    brief_id = str(brief["Message-ID"]).strip("<>")
     with sqlite3.connect(f"file:{demo.database}?mode=ro", uri=True) as db:
         [(token, kind)] = db.execute(
-            "select token, scenario_id from attempts order by id desc limit 1"
+            "select a.token, a.scenario_id from outbox o join attempts a "
+            "on a.id = o.attempt_id where o.message_id = ?",
+            (brief_id,),
         ).fetchall()
     assert kind == scenario_id, (kind, scenario_id)
     brief_text = brief.get_body(preferencelist=("plain",)).get_content()
     match = re.search(r"\S+\+" + token + "@" + re.escape(DOMAIN), brief_text)
     if match:
         return Started(scenario_id, match.group(0), None, brief)
-    [starter] = demo.wait_for(lambda item: f"+{token}@" in str(item["From"]))
+    # A START for a scenario that is still open sends the starter again with
+    # the same token, so any of them gives the same address.
+    starter = demo.wait_for(lambda item: f"+{token}@" in str(item["From"]))[-1]
     address = starter["From"].addresses[0].addr_spec
     return Started(scenario_id, address, starter, brief)
 
@@ -320,8 +325,43 @@ def html_only_reply(demo: Demo) -> tuple[str, Message, str]:
     return "HTML-only reply with blockquote", message, started.address
 
 
-def corpus_submissions(demo: Demo, corpus: Path) -> list[tuple[str, Message, str]]:
-    """Real client messages from the shared corpus, re-addressed to a new attempt each."""
+def scenario_submission(demo: Demo, scenario_id: str) -> tuple[str, Message, str]:
+    """Answer any scenario with an email built from its example sentences."""
+    from peb_mail.scenarios import find_scenario, load_scenarios
+
+    scenario = find_scenario(load_scenarios(REPO / "scenarios"), scenario_id)
+    started = start_scenario(demo, scenario.id)
+    examples: list[str] = []
+    for point in (*scenario.key_facts, *scenario.key_points):
+        if point.example and point.example not in examples:
+            examples.append(point.example)
+    first = scenario.counterpart.name.split()[0]
+    body = (
+        f"Dear {first},\n\n"
+        + "\n\n".join(examples)
+        + f"\n\nBest regards,\n{STUDENT_NAME}\n"
+    )
+    if started.starter is not None:
+        message = new_message(
+            "Re: " + str(started.starter["Subject"]),
+            to=started.address,
+            in_reply_to=started.starter["Message-ID"],
+        )
+    else:
+        message = new_message(scenario.title, to=started.address)
+    message.set_content(body)
+    return (
+        f"scenario {scenario.id}, written from its examples",
+        message,
+        started.address,
+    )
+
+
+def corpus_submissions(demo: Demo, corpus: Path) -> Iterator[tuple[str, Message, str]]:
+    """Yield real client messages from the shared corpus, each for a new attempt.
+
+    The caller sends each one before the next is started.
+    """
     picks = [
         ("talon", "standard_replies/apple_mail.eml", "clarify-vague-task"),
         ("talon", "standard_replies/android.eml", "reschedule-client-call"),
@@ -330,7 +370,6 @@ def corpus_submissions(demo: Demo, corpus: Path) -> list[tuple[str, Message, str
         ("talon", "standard_replies/hotmail.eml", "correct-error-in-report"),
         ("discourse", "emails/windows_8_metro.eml", "clarify-vague-task"),
     ]
-    found = []
     for suite, name, scenario_id in picks:
         path = corpus / suite / name
         if not path.exists():
@@ -355,8 +394,7 @@ def corpus_submissions(demo: Demo, corpus: Path) -> list[tuple[str, Message, str
         message["Message-ID"] = make_msgid(domain="student.test")
         if started.starter is not None:
             message["In-Reply-To"] = started.starter["Message-ID"]
-        found.append((f"corpus {suite}/{name}", message, started.address))
-    return found
+        yield f"corpus {suite}/{name}", message, started.address
 
 
 # -- main ------------------------------------------------------------------------
@@ -392,15 +430,16 @@ def report(demo: Demo, label: str, message: Message, must_grade: bool) -> bool:
     print("  extracted text:")
     for line in (body or "").splitlines():
         print(f"    | {line}")
+    # The reply itself says whether this email was graded: the attempt may
+    # have been graded later for another email (after a "not graded" notice).
+    reply = feedback[0].get_body(preferencelist=("plain",))
+    reply_text = reply.get_content() if reply else ""
+    graded = re.search(r"YOUR SCORE: (\d+) / 35", reply_text)
+    score = int(graded.group(1)) if graded else None
     if score is not None:
         print(f"  score: {score} / 35")
     else:
-        reply = feedback[0].get_body(preferencelist=("plain",))
-        lines = [
-            line
-            for line in (reply.get_content() if reply else "").splitlines()
-            if line.strip()
-        ]
+        lines = [line for line in reply_text.splitlines() if line.strip()]
         # The first line is the greeting; the second says why.
         reason = lines[1] if len(lines) > 1 else "?"
         print(f"  not graded; the student was told: {reason}")
@@ -426,6 +465,13 @@ def main() -> int:
         "--corpus",
         default=str(REPO.parent / "shared" / "corpus"),
         help="shared corpus folder, used when present",
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="also answer this scenario (id or number; repeat, or 'all')",
     )
     args = parser.parse_args()
 
@@ -455,19 +501,33 @@ def main() -> int:
     demo.start()
     results = []
     try:
-        submissions = [
-            gmail_reply(demo),
-            apple_mail_reply_qp(demo),
-            outlook_new_email_base64(demo),
-            html_only_reply(demo),
+        builders: list[Callable[[], tuple[str, Message, str]]] = [
+            lambda: gmail_reply(demo),
+            lambda: apple_mail_reply_qp(demo),
+            lambda: outlook_new_email_base64(demo),
+            lambda: html_only_reply(demo),
         ]
+        if "all" in args.scenario:
+            from peb_mail.scenarios import load_scenarios
+
+            args.scenario = [s.id for s in load_scenarios(REPO / "scenarios")]
+        builders += [
+            lambda ref=ref: scenario_submission(demo, ref) for ref in args.scenario
+        ]
+        submissions = []
+        # Each answer is sent right after its START, so a later START of the
+        # same scenario opens a new attempt instead of finding this one open.
+        for build in builders:
+            label, message, address = build()
+            demo.send(message, address)
+            submissions.append((label, message, address))
         corpus = Path(args.corpus)
         if corpus.exists():
-            submissions += corpus_submissions(demo, corpus)
+            for label, message, address in corpus_submissions(demo, corpus):
+                demo.send(message, address)
+                submissions.append((label, message, address))
         else:
             print(f"(corpus not found at {corpus}; skipping real client messages)")
-        for _, message, address in submissions:
-            demo.send(message, address)
         for label, message, _ in submissions:
             must_grade = not label.startswith("corpus ")
             results.append(report(demo, label, message, must_grade))

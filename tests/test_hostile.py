@@ -338,3 +338,21 @@ def test_feedback_html_escapes_everything(tmp_path: Path) -> None:
         assert "<script>" not in page
         assert "<img" not in page
         assert "&lt;script&gt;" in page
+
+
+async def test_oversized_header_rejected(listen: Factory) -> None:
+    config, running = await listen(max_message_bytes=200_000)
+    huge = b"X-Filler: " + b"a" * 70_000 + b"\r\n"
+    answer = await raw_session(
+        running.port,
+        [
+            b"EHLO x\r\n",
+            f"MAIL FROM:<{STUDENT}>\r\n".encode(),
+            f"RCPT TO:<{SERVICE}>\r\n".encode(),
+            b"DATA\r\n",
+            huge + MESSAGE + b".\r\n",
+        ],
+    )
+    assert b"500" in answer
+    assert b"250 2.0.0 OK: queued" not in answer
+    assert stored(config) == []

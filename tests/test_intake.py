@@ -620,3 +620,26 @@ async def test_start_twice_resends_same_brief(harness: Harness) -> None:
     assert second.id == first.id
     assert len(await harness.attempts()) == 1
     assert len(briefs) == 2
+
+
+@pytest.mark.parametrize(
+    "from_header",
+    [
+        f'"{STUDENT}" <evil@attacker.test>',
+        f"{STUDENT}<evil@attacker.test>",
+        f"=?utf-8?q?{STUDENT.replace('@', '=40')}?= <evil@attacker.test>",
+    ],
+)
+async def test_spoofed_from_quarantined(harness: Harness, from_header: str) -> None:
+    attempt = await start(harness)
+    raw = (
+        f"From: {from_header}\r\nTo: {counterpart(attempt)}\r\nSubject: Correction\r\n"
+        f"Message-ID: <spoof-{abs(hash(from_header))}@attacker.test>\r\n\r\n{GOOD_ANSWER}\r\n"
+    ).encode()
+    outbox_before = len(await harness.outbox())
+    outcome = await harness.deliver(
+        raw, counterpart(attempt), mail_from="evil@attacker.test"
+    )
+    assert outcome.state == "quarantined"
+    assert await harness.store.list_jobs() == []
+    assert len(await harness.outbox()) == outbox_before

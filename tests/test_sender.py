@@ -73,6 +73,7 @@ class Smarthost:
         self.rcpt_replies: dict[str, str] = {}
         self.data_reply = "250 OK"
         self.close_at_data = False
+        self.stall_at_data_s = 0.0
         self.accepted: list[Delivery] = []
 
     async def handle_RCPT(
@@ -92,6 +93,8 @@ class Smarthost:
     async def handle_DATA(
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
+        if self.stall_at_data_s:
+            await asyncio.sleep(self.stall_at_data_s)
         if self.close_at_data:
             assert server.transport is not None
             server.transport.close()
@@ -433,3 +436,23 @@ async def test_rate_limit_spreads_deliveries(
     clock.advance(61.0)
     assert await sender.run_once() == 2
     assert len(smarthost.accepted) == 4
+
+
+async def test_smtp_stall_mid_data_retried(
+    store: Store, clock: FakeClock, smarthost: Smarthost
+) -> None:
+    await queue_email(store)
+    smarthost.stall_at_data_s = 3.0
+    config = dataclasses.replace(smtp_config(smarthost.port), timeout_s=0.5)
+    sender = Sender(store, SmtpTransport(config), config)
+    assert await sender.run_once() == 1
+    email = await only_email(store)
+    assert email.state == "pending"
+    assert email.tries == 1
+    assert "Timeout" in (email.last_error or "") or "timed out" in (
+        email.last_error or ""
+    )
+    smarthost.stall_at_data_s = 0.0
+    clock.advance(email.not_before - clock.now)
+    assert await sender.run_once() == 1
+    assert (await only_email(store)).state == "sent"
