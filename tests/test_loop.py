@@ -229,3 +229,82 @@ async def test_other_students_token_not_accepted(service: Service, sink: Sink) -
     with sqlite3.connect(service.config.service.database) as db:
         states = db.execute("select state from attempts").fetchall()
     assert states == [("open",)]
+
+
+async def test_resubmit_and_override_over_smtp(service: Service, sink: Sink) -> None:
+    await send(service, compose("START 1", ""))
+    [brief] = await sink.wait_for(lambda items: len(items) >= 1)
+    counterpart = address_in(parts(brief)["text/plain"])
+    first = compose(
+        "report",
+        "hi daniel the march number for north is wrong it is 14,200 sorry\nana",
+        to=counterpart,
+    )
+    await send(service, first)
+    received = await sink.wait_for(lambda items: len(items) >= 3)
+    feedback = next(
+        i for i in received if i.message["In-Reply-To"] == first["Message-ID"]
+    )
+
+    # The student replies to the feedback with a revised email.
+    revised = compose(
+        "Correction: North region March revenue",
+        "Dear Daniel,\n\nI made a mistake in the Q1 report. The March revenue for the "
+        "North region is $14,200, not $12,400, so the Q1 total is $45,300.\n\nI am "
+        "sorry. The corrected file is attached; please use it on Thursday.\n\n"
+        "Best regards,\nAna Silva",
+        in_reply_to=str(feedback.message["Message-ID"]),
+    )
+    await send(service, revised)
+    received = await sink.wait_for(
+        lambda items: any(
+            i.message["In-Reply-To"] == revised["Message-ID"] for i in items
+        )
+    )
+    second = next(
+        i for i in received if i.message["In-Reply-To"] == revised["Message-ID"]
+    )
+    second_text = parts(second)["text/plain"]
+    assert "(last time:" in second_text
+    assert " -> " in second_text
+
+    # The instructor replies to the second summary with an override.
+    await sink.wait_for(lambda items: len(sink.to(INSTRUCTOR)) >= 2)
+    summary = sink.to(INSTRUCTOR)[-1]
+    review = summary.message["Reply-To"].addresses[0].addr_spec
+    override = compose(
+        "Re: " + str(summary.message["Subject"]),
+        "criterion tone 5\ncomment Much better.\n",
+        to=review,
+        sender=INSTRUCTOR,
+        in_reply_to=str(summary.message["Message-ID"]),
+    )
+    override.replace_header("From", f"Kim Teacher <{INSTRUCTOR}>")
+    assert service.port is not None
+    await aiosmtplib.send(
+        override,
+        sender=INSTRUCTOR,
+        recipients=[review],
+        hostname="127.0.0.1",
+        port=service.port,
+    )
+    received = await sink.wait_for(
+        lambda items: any(
+            "updated by your teacher" in str(i.message["Subject"]) for i in items
+        )
+    )
+    updated = next(
+        i for i in received if "updated by your teacher" in str(i.message["Subject"])
+    )
+    confirmation = await sink.wait_for(
+        lambda items: any(
+            i.message["In-Reply-To"] == override["Message-ID"] for i in items
+        )
+    )
+    assert STUDENT in updated.rcpt_tos
+    assert "Much better." in parts(updated)["text/plain"]
+    assert any(
+        INSTRUCTOR in i.rcpt_tos
+        for i in confirmation
+        if i.message["In-Reply-To"] == override["Message-ID"]
+    )
