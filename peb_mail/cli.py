@@ -195,7 +195,14 @@ async def cmd_init(args: argparse.Namespace, config: Config) -> int:
     await store.close()
     config.service.data_dir.mkdir(parents=True, exist_ok=True)
     scenarios = load_scenarios(config.service.scenarios_dir)
+    # Create the token key now (unless $PEB_MAIL_SECRET is set), so doctor
+    # passes before the first serve and the key can be backed up at once.
+    from .tokens import SECRET_ENV, load_signer
+
+    load_signer(config.service.secret_file)
     console.print(f"Database ready: {config.service.database}")
+    if not os.environ.get(SECRET_ENV):
+        console.print(f"Token key: {config.service.secret_file} (back it up)")
     console.print(f"Scenarios: {len(scenarios)} in {config.service.scenarios_dir}")
     console.print("Next: peb-mail roster import FILE.csv, then peb-mail serve")
     return 0
@@ -590,7 +597,9 @@ async def cmd_outbox_retry(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-async def cmd_inbound_list(args: argparse.Namespace, config: Config) -> int:
+async def cmd_inbound_list(
+    args: argparse.Namespace, config: Config, title: str = "Inbound"
+) -> int:
     store = await _open_store(config)
     try:
         rows = [dict(row) for row in await store.list_inbound(args.state, args.limit)]
@@ -600,7 +609,7 @@ async def cmd_inbound_list(args: argparse.Namespace, config: Config) -> int:
         row["received"] = _time(row.pop("received_at"))
     _print_rows(
         args,
-        "Inbound",
+        title,
         ["id", "received", "mail_from", "state", "reason", "attempt_id", "size"],
         rows,
     )
@@ -635,7 +644,7 @@ async def cmd_replay(args: argparse.Namespace, config: Config) -> int:
 
 async def cmd_quarantine_list(args: argparse.Namespace, config: Config) -> int:
     args.state = "quarantined"
-    return await cmd_inbound_list(args, config)
+    return await cmd_inbound_list(args, config, title="Quarantined")
 
 
 async def cmd_quarantine_release(args: argparse.Namespace, config: Config) -> int:

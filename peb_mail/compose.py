@@ -23,7 +23,7 @@ from .config import Config
 from .models import CRITERIA, MAX_TOTAL, Artefact, Scenario, Verdict
 from .scenarios import render_starter
 from .store import NewEmail
-from .textdiff import diff_html, diff_text, word_diff
+from .textdiff import changed_share, diff_html, diff_text, word_diff
 
 if TYPE_CHECKING:
     from .store import Attempt, Student
@@ -352,6 +352,9 @@ class Composer:
         from the student's email to the example answer.
         """
         segments = word_diff(student_text, verdict.revision) if student_text else []
+        if not changed_share(segments):
+            # Nothing changed: no section that repeats the email unmarked.
+            segments = []
         return {
             "verdict": verdict,
             "scenario": scenario,

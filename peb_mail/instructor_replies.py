@@ -157,8 +157,20 @@ class InstructorReplies:
             now,
         )
         thread = thread_of(await sql.inbound_raw(db, attempt.inbound_id))
+        previous = None
+        if attempt.previous_attempt_id is not None:
+            earlier = await sql.fetch_attempt(db, attempt.previous_attempt_id)
+            if earlier is not None and earlier.verdict:
+                previous = Verdict.from_json(earlier.verdict)
         emails = self.composer.feedback_emails(
-            attempt, student, scenario, verdict, thread, [], updated_by=instructor
+            attempt,
+            student,
+            scenario,
+            verdict,
+            thread,
+            [],
+            previous=previous,
+            updated_by=instructor,
         )
         for item in emails:
             if item.kind == "feedback":
@@ -198,6 +210,9 @@ class InstructorReplies:
             subject=reply_subject(parsed.subject),
             text=f"{text}\n\nCommands, one per line:\n"
             "  score 28 | criterion tone 4 | comment Well done. | regrade\n",
+            # Replies to the confirmation are more overrides for this attempt.
+            reply_to=f"review+{attempt.id}-{self.signer.review_token(attempt.id)}"
+            f"@{self.config.service.domain}",
             in_reply_to=parsed.message_id,
             references=parsed.references,
             attempt_id=attempt.id,

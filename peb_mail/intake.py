@@ -363,6 +363,21 @@ class Intake(InstructorReplies, StudentCommands):
                 await self._tell_instructors_held(
                     db, inbound_id, student, attempt, held
                 )
+                await self._reply(
+                    db,
+                    "notice",
+                    student,
+                    parsed,
+                    self.composer.render(
+                        "notice.txt.j2",
+                        student_name=first_name(student.name),
+                        text="We received your email. Before we grade it, your "
+                        "teacher will check that it really comes from you. Next time, "
+                        "please reply to the email we sent you, or write to the "
+                        "address in your brief.",
+                    ),
+                    attempt_id=attempt.id,
+                )
                 return await self._finish(
                     db,
                     inbound_id,

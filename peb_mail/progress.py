@@ -100,7 +100,13 @@ def build_progress(
         for trend, (key, _) in zip(trends, CRITERIA, strict=True):
             if key in scores:
                 trend.scores.append(scores[key])
-    weakest = _weakest(graded)
+    # A revision replaces the earlier try of the same scenario, so the
+    # weakest criterion comes from each scenario's latest grade.
+    latest_by_scenario: dict[str, Verdict] = {}
+    for attempt in attempts:
+        if attempt.state == "graded" and attempt.verdict:
+            latest_by_scenario[attempt.scenario_id] = Verdict.from_json(attempt.verdict)
+    weakest = _weakest(list(latest_by_scenario.values()))
     started = {attempt.scenario_id for attempt in attempts}
     return Progress(
         scenarios=sorted(rows.values(), key=lambda row: str(row.number).zfill(4)),

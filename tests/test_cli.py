@@ -119,6 +119,7 @@ Cli = Callable[..., Result]
 def isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Keep the repository's config.toml and $PEB_MAIL_CONFIG out of every test.
     monkeypatch.delenv("PEB_MAIL_CONFIG", raising=False)
+    monkeypatch.delenv("PEB_MAIL_SECRET", raising=False)
     monkeypatch.chdir(tmp_path)
 
 
@@ -224,6 +225,8 @@ def test_init_creates_database(bare_cli: Cli, database: Path) -> None:
     assert database.is_file()
     assert "Database ready" in result.out
     assert "Scenarios: 11" in result.out
+    assert (database.parent / "secret.key").exists()
+    assert "Token key" in result.out
 
 
 def test_listing_before_init_says_so(bare_cli: Cli, database: Path) -> None:

@@ -262,6 +262,9 @@ async def test_only_open_attempt_held_by_token_policy(harness: Harness) -> None:
     assert outcome.reason.startswith("held for review: no reply token")
     assert await harness.store.list_jobs() == []
     assert [item.rcpt_tos for item in held] == [(INSTRUCTOR,)]
+    told = (await harness.outbox())[-1]
+    assert "teacher will check" in text_of(told)
+    assert STUDENT in str(told["To"])
 
 
 async def test_trusted_release_grades_held_mail(harness: Harness) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from peb_mail.textdiff import changed_share, diff_html, diff_text, word_diff
 
 
@@ -31,3 +33,24 @@ def test_diff_html_escapes_student_text() -> None:
 def test_line_break_change_alone_is_not_a_change() -> None:
     segments = word_diff("one two\nthree", "one two three")
     assert changed_share(segments) == 0
+
+
+def test_feedback_skips_empty_diff(tmp_path: Path) -> None:
+    from peb_mail.compose import Composer
+    from peb_mail.models import CRITERION_KEYS, CriterionScore, Verdict
+    from peb_mail.scenarios import load_scenarios
+
+    from .conftest import make_config
+
+    config = make_config(tmp_path)
+    scenario = load_scenarios(config.service.scenarios_dir)[0]
+    text = "Dear Daniel,\n\nAll good.\n\nAna"
+    verdict = Verdict(
+        scores=tuple(CriterionScore(k, 5, "x") for k in CRITERION_KEYS),
+        comment="c",
+        revision=text,
+        counterpart_reply="r",
+        grader="offline",
+    )
+    context = Composer(config).feedback_context(verdict, scenario, student_text=text)
+    assert context["diff_text"] == ""

@@ -374,6 +374,11 @@ async def test_instructor_override_by_reply(setup: Setup) -> None:
     assert len(updated) == 1
     assert "A NOTE FROM YOUR TEACHER" in updated[0].get_body(("plain",)).get_content()
     assert "The new total is 30/35" in confirmation.get_content()
+    assert (
+        confirmation["Reply-To"]
+        .addresses[0]
+        .addr_spec.startswith(f"review+{job.attempt_id}-")
+    )
 
 
 async def test_override_errors_change_nothing(setup: Setup) -> None:
