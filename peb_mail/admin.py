@@ -86,13 +86,16 @@ async def assign(
     scenario_ref: str,
     signer: TokenSigner,
     on_progress: Callable[[int, int], None] | None = None,
+    again: bool = False,
 ) -> AssignResult:
     """Start a scenario for every student of ``cohort``, as their START would.
 
     Each student gets one transaction: the attempt, its brief and, for a reply
-    scenario, the starter email. A student who already has an open attempt for
-    the scenario is skipped. ``on_progress(done, total)`` runs after each
-    student. Raises NotFoundError for an unknown cohort or scenario.
+    scenario, the starter email. A student who already has any attempt for the
+    scenario is skipped, so running the command twice by mistake sends nothing
+    twice; with ``again``, only students with an open attempt are skipped.
+    ``on_progress(done, total)`` runs after each student. Raises NotFoundError
+    for an unknown cohort or scenario.
     """
     try:
         scenario = find_scenario(scenarios, scenario_ref)
@@ -105,7 +108,7 @@ async def assign(
     composer = Composer(config)
     result = AssignResult(cohort=cohort, scenario=scenario)
     for done, student in enumerate(students, start=1):
-        attempt_id = await _start_for(store, composer, scenario, student, signer)
+        attempt_id = await _start_for(store, composer, scenario, student, signer, again)
         if attempt_id is None:
             result.skipped.append(student.email)
         else:
@@ -113,7 +116,7 @@ async def assign(
         if on_progress is not None:
             on_progress(done, len(students))
     logger.info(
-        "assigned scenario %s to cohort %s: %d started, %d skipped (already open)",
+        "assigned scenario %s to cohort %s: %d started, %d skipped (already started)",
         scenario.id,
         cohort,
         len(result.started),
@@ -145,17 +148,23 @@ async def _start_for(
     scenario: Scenario,
     student: Student,
     signer: TokenSigner,
+    again: bool = False,
 ) -> int | None:
     """Start ``scenario`` for one student and return the new attempt id.
 
-    Returns None when the student already has an open attempt for it.
+    Returns None when the student already has an attempt for it (an open one
+    only, with ``again``).
     """
     async with store.transaction() as db:
         # Checked inside the write transaction, so two assign runs at the same
         # time cannot both start the scenario for this student.
-        for attempt in await sql.open_attempts(db, student.id):
-            if attempt.scenario_id == scenario.id:
-                return None
+        existing = (
+            await sql.open_attempts(db, student.id)
+            if again
+            else await sql.student_attempts(db, student.id)
+        )
+        if any(attempt.scenario_id == scenario.id for attempt in existing):
+            return None
         now = store.clock()
         attempt_id = await sql.create_attempt(
             db,

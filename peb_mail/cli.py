@@ -787,7 +787,14 @@ async def cmd_assign(args: argparse.Namespace, config: Config) -> int:
                 progress.update(task, completed=done, total=total)
 
             result = await assign(
-                store, config, scenarios, args.cohort, args.scenario, signer, advance
+                store,
+                config,
+                scenarios,
+                args.cohort,
+                args.scenario,
+                signer,
+                advance,
+                again=args.again,
             )
     finally:
         await store.close()
@@ -797,7 +804,7 @@ async def cmd_assign(args: argparse.Namespace, config: Config) -> int:
     )
     if result.skipped:
         console.print(
-            f"Skipped {plural(len(result.skipped), 'student')} who already had it open: "
+            f"Skipped {plural(len(result.skipped), 'student')} who already started it: "
             + ", ".join(result.skipped)
         )
     return 0
@@ -1047,10 +1054,15 @@ def build_parser() -> argparse.ArgumentParser:
         "assign",
         cmd_assign,
         "start a scenario for every student of a cohort, as if each sent START "
-        "(students who already have it open are skipped)",
+        "(students who already started it are skipped unless --again)",
     )
     assign.add_argument("--cohort", required=True, help="cohort name from the roster")
     assign.add_argument("--scenario", required=True, help="scenario number or id")
+    assign.add_argument(
+        "--again",
+        action="store_true",
+        help="also start it for students who already finished it (not for open ones)",
+    )
     grades = commands.add_parser("grades", help="export grades").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )

@@ -200,9 +200,18 @@ async def test_assign_skips_open_attempts(env: Env) -> None:
     assert len(await env.store.list_attempts()) == 2
 
 
-async def test_assign_restarts_after_grading(env: Env) -> None:
+async def test_assign_skips_finished_students(env: Env) -> None:
     await env.graded(STUDENT, "correct-error-in-report", 25)
     result = await assign(env.store, env.config, env.scenarios, "demo", "1", env.signer)
+    assert [email for email, _ in result.started] == [BEN]
+    assert result.skipped == [STUDENT]
+
+
+async def test_assign_again_restarts_after_grading(env: Env) -> None:
+    await env.graded(STUDENT, "correct-error-in-report", 25)
+    result = await assign(
+        env.store, env.config, env.scenarios, "demo", "1", env.signer, again=True
+    )
     assert sorted(email for email, _ in result.started) == [STUDENT, BEN]
 
 
