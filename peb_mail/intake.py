@@ -363,20 +363,15 @@ class Intake(InstructorReplies, StudentCommands):
                 await self._tell_instructors_held(
                     db, inbound_id, student, attempt, held
                 )
-                await self._reply(
+                await self._notify(
                     db,
-                    "notice",
                     student,
                     parsed,
-                    self.composer.render(
-                        "notice.txt.j2",
-                        student_name=first_name(student.name),
-                        text="We received your email. Before we grade it, your "
-                        "teacher will check that it really comes from you. Next time, "
-                        "please reply to the email we sent you, or write to the "
-                        "address in your brief.",
-                    ),
-                    attempt_id=attempt.id,
+                    attempt.id,
+                    "We received your email. Before we grade it, your "
+                    "teacher will check that it really comes from you. Next time, "
+                    "please reply to the email we sent you, or write to the "
+                    "address in your brief.",
                 )
                 return await self._finish(
                     db,
@@ -490,16 +485,7 @@ class Intake(InstructorReplies, StudentCommands):
             "Thank you. Your email was a reply to the brief, so we did not grade it. "
             + where
         )
-        await self._reply(
-            db,
-            "notice",
-            student,
-            parsed,
-            self.composer.render(
-                "notice.txt.j2", student_name=first_name(student.name), text=text
-            ),
-            attempt_id=attempt.id,
-        )
+        await self._notify(db, student, parsed, attempt.id, text)
 
     async def _submit(
         self,
@@ -513,21 +499,16 @@ class Intake(InstructorReplies, StudentCommands):
             # A reply to feedback with a revised email: the next attempt.
             revised = await self._next_attempt(db, student, attempt)
             if revised is None:
-                await self._reply(
+                await self._notify(
                     db,
-                    "notice",
                     student,
                     parsed,
-                    self.composer.render(
-                        "notice.txt.j2",
-                        student_name=first_name(student.name),
-                        text=(
-                            f"You have used all {self.config.service.max_attempts_per_scenario} "
-                            "attempts for this scenario, so we did not grade this email. "
-                            "Send LIST to choose another scenario."
-                        ),
+                    attempt.id,
+                    (
+                        f"You have used all {self.config.service.max_attempts_per_scenario} "
+                        "attempts for this scenario, so we did not grade this email. "
+                        "Send LIST to choose another scenario."
                     ),
-                    attempt_id=attempt.id,
                 )
                 return await self._finish(
                     db,
@@ -548,17 +529,12 @@ class Intake(InstructorReplies, StudentCommands):
             }.get(attempt.state, "This scenario is closed.")
             scenario = self.scenarios_by_id.get(attempt.scenario_id)
             ref = scenario.number if scenario else attempt.scenario_id
-            await self._reply(
+            await self._notify(
                 db,
-                "notice",
                 student,
                 parsed,
-                self.composer.render(
-                    "notice.txt.j2",
-                    student_name=first_name(student.name),
-                    text=f"{state_text} To practise it again, send START {ref}.",
-                ),
-                attempt_id=attempt.id,
+                attempt.id,
+                f"{state_text} To practise it again, send START {ref}.",
             )
             return await self._finish(
                 db,
@@ -576,16 +552,7 @@ class Intake(InstructorReplies, StudentCommands):
                 else "Your email was empty, so there is nothing to grade. Please write "
                 "your answer and send it again."
             )
-            await self._reply(
-                db,
-                "notice",
-                student,
-                parsed,
-                self.composer.render(
-                    "notice.txt.j2", student_name=first_name(student.name), text=text
-                ),
-                attempt_id=attempt.id,
-            )
+            await self._notify(db, student, parsed, attempt.id, text)
             return await self._finish(
                 db, inbound_id, "processed", "nothing to grade", student.id, attempt.id
             )
@@ -602,6 +569,20 @@ class Intake(InstructorReplies, StudentCommands):
         return await self._finish(
             db, inbound_id, "processed", "submission queued", student.id, attempt.id
         )
+
+    async def _notify(
+        self,
+        db: aiosqlite.Connection,
+        student: Student,
+        parsed: ParsedEmail,
+        attempt_id: int,
+        text: str,
+    ) -> None:
+        """Queue a short notice for one attempt, threaded under the student's message."""
+        body = self.composer.render(
+            "notice.txt.j2", student_name=first_name(student.name), text=text
+        )
+        await self._reply(db, "notice", student, parsed, body, attempt_id=attempt_id)
 
     async def _reply(
         self,
