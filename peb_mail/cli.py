@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +23,9 @@ from . import __version__
 from .config import Config, load_config
 from .errors import ConfigError, NotFoundError, PebMailError
 from .models import CRITERION_LABELS, Verdict
+
+if TYPE_CHECKING:
+    from .store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +178,8 @@ def _line_breaks(value: str) -> int:
 # -- commands ---------------------------------------------------------------
 
 
-async def _open_store(config: Config, create: bool = False):  # type: ignore[no-untyped-def]
+async def _open_store(config: Config, create: bool = False) -> Store:
+    """Open the database; unless ``create``, fail with advice when it is missing."""
     from .store import Store
 
     database = config.service.database
@@ -217,11 +221,8 @@ async def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 async def cmd_roster_import(args: argparse.Namespace, config: Config) -> int:
     rows, instructors = read_roster(Path(args.file))
-    store = await _open_store(config, create=True)
-    try:
+    async with await _open_store(config, create=True) as store:
         added, updated = await store.upsert_students(rows, instructors)
-    finally:
-        await store.close()
     console.print(
         f"Imported {plural(len(rows), 'student')}: {added} added, {updated} updated."
     )
@@ -238,23 +239,17 @@ async def cmd_roster_import(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _cohort_instructors(config: Config, cohort: str) -> list[str]:
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         return await store.cohort_instructors(cohort)
-    finally:
-        await store.close()
 
 
 async def cmd_roster_list(args: argparse.Namespace, config: Config) -> int:
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         students = await store.list_students()
         cohorts = sorted({student.cohort for student in students})
         instructors = {
             cohort: await store.cohort_instructors(cohort) for cohort in cohorts
         }
-    finally:
-        await store.close()
     rows = [
         {
             "id": s.id,
@@ -418,8 +413,7 @@ async def cmd_calibrate(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_attempts_list(args: argparse.Namespace, config: Config) -> int:
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         student_id = None
         if args.student:
             student = await store.student_by_email(args.student)
@@ -429,8 +423,6 @@ async def cmd_attempts_list(args: argparse.Namespace, config: Config) -> int:
                 )
             student_id = student.id
         rows = [dict(row) for row in await store.list_attempts(student_id)]
-    finally:
-        await store.close()
     for row in rows:
         row["created"] = _time(row.pop("created_at"))
         row["graded"] = _time(row.pop("graded_at"))
@@ -454,8 +446,7 @@ async def cmd_attempts_list(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_attempts_show(args: argparse.Namespace, config: Config) -> int:
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         attempt = await store.attempt(args.id)
         if attempt is None:
             raise NotFoundError(
@@ -463,8 +454,6 @@ async def cmd_attempts_show(args: argparse.Namespace, config: Config) -> int:
             )
         student = await store.student_by_id(attempt.student_id)
         emails = await store.outbox_for_attempt(attempt.id)
-    finally:
-        await store.close()
     verdict = Verdict.from_json(attempt.verdict) if attempt.verdict else None
     data: dict[str, Any] = {
         "id": attempt.id,
@@ -529,11 +518,8 @@ async def cmd_attempts_show(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_outbox_list(args: argparse.Namespace, config: Config) -> int:
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         emails = await store.list_outbox(args.state, args.limit)
-    finally:
-        await store.close()
     rows = [
         {
             "id": e.id,
@@ -576,8 +562,7 @@ async def cmd_outbox_retry(args: argparse.Namespace, config: Config) -> int:
         raise ConfigError(
             "name the outbox ids to retry, or pass --all for every dead email"
         )
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         if args.ids:
             states = await store.outbox_states(args.ids)
             for email_id in args.ids:
@@ -591,8 +576,6 @@ async def cmd_outbox_retry(args: argparse.Namespace, config: Config) -> int:
                         "dead emails can be retried"
                     )
         count = await store.retry_outbox(None if args.all else args.ids)
-    finally:
-        await store.close()
     console.print(f"{plural(count, 'dead email')} queued again.")
     return 0
 
@@ -600,11 +583,8 @@ async def cmd_outbox_retry(args: argparse.Namespace, config: Config) -> int:
 async def cmd_inbound_list(
     args: argparse.Namespace, config: Config, title: str = "Inbound"
 ) -> int:
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         rows = [dict(row) for row in await store.list_inbound(args.state, args.limit)]
-    finally:
-        await store.close()
     for row in rows:
         row["received"] = _time(row.pop("received_at"))
     _print_rows(
@@ -621,8 +601,7 @@ async def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     from .intake import Intake
     from .scenarios import load_scenarios
 
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         row = await store.find_inbound(args.message)
         if row is None:
             raise NotFoundError(
@@ -636,8 +615,6 @@ async def cmd_replay(args: argparse.Namespace, config: Config) -> int:
             config,
         )
         lines = await intake.explain(row["id"])
-    finally:
-        await store.close()
     print("\n".join(lines))
     return 0
 
@@ -648,8 +625,7 @@ async def cmd_quarantine_list(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_quarantine_release(args: argparse.Namespace, config: Config) -> int:
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         for inbound_id in args.ids:
             row = await store.inbound_row(inbound_id)
             if row is None:
@@ -662,8 +638,6 @@ async def cmd_quarantine_release(args: argparse.Namespace, config: Config) -> in
                     "quarantined messages can be released"
                 )
         count = await store.release_inbound(args.ids, trust=args.trust)
-    finally:
-        await store.close()
     console.print(
         f"{plural(count, 'message')} released; a running peb-mail serve processes "
         "them again within a second."
@@ -695,11 +669,8 @@ async def cmd_extract(args: argparse.Namespace, config: Config) -> int:
 async def cmd_student_export(args: argparse.Namespace, config: Config) -> int:
     import dataclasses
 
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         data = await store.export_student(args.email)
-    finally:
-        await store.close()
     if data is None:
         raise NotFoundError(
             f"student {args.email!r} not found; see peb-mail roster list"
@@ -736,11 +707,8 @@ async def cmd_student_delete(args: argparse.Namespace, config: Config) -> int:
             f"this deletes {args.email} and all their attempts and emails for good; "
             "run 'peb-mail student export' first if you need a copy, then add --yes"
         )
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         counts = await store.delete_student(args.email)
-    finally:
-        await store.close()
     if counts is None:
         raise NotFoundError(
             f"student {args.email!r} not found; see peb-mail roster list"
@@ -758,11 +726,8 @@ async def cmd_purge(args: argparse.Namespace, config: Config) -> int:
         raise ConfigError(
             "no retention period: set service.retention_days in the config or pass --days N"
         )
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         count = await store.purge_raw(store.clock() - days * 86400)
-    finally:
-        await store.close()
     console.print(
         f"Deleted the raw bytes of {plural(count, 'message')} older than {days} days."
     )
@@ -778,8 +743,7 @@ async def cmd_assign(args: argparse.Namespace, config: Config) -> int:
 
     scenarios = load_scenarios(config.service.scenarios_dir)
     signer = load_signer(config.service.secret_file)
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"Starting for cohort {args.cohort}", total=None)
 
@@ -796,8 +760,6 @@ async def cmd_assign(args: argparse.Namespace, config: Config) -> int:
                 advance,
                 again=args.again,
             )
-    finally:
-        await store.close()
     console.print(
         f"Scenario {result.scenario.number} ({result.scenario.id}) started for "
         f"{plural(len(result.started), 'student')} of cohort {result.cohort}."
@@ -814,11 +776,8 @@ async def cmd_grades_export(args: argparse.Namespace, config: Config) -> int:
     from .admin import grade_rows, grades_csv
     from .scenarios import load_scenarios
 
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         rows = await grade_rows(store, load_scenarios(config.service.scenarios_dir))
-    finally:
-        await store.close()
     if args.format == "json":
         text = json.dumps(rows, indent=2, ensure_ascii=False, default=str) + "\n"
     else:
@@ -834,11 +793,8 @@ async def cmd_grades_export(args: argparse.Namespace, config: Config) -> int:
 async def cmd_regrade(args: argparse.Namespace, config: Config) -> int:
     from .admin import regrade
 
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         await regrade(store, args.id)
-    finally:
-        await store.close()
     console.print(
         f"Attempt {args.id} is queued for grading again; a running peb-mail serve "
         "sends the student new feedback."
@@ -864,11 +820,8 @@ async def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_stats(args: argparse.Namespace, config: Config) -> int:
-    store = await _open_store(config)
-    try:
+    async with await _open_store(config) as store:
         counts = await store.counts()
-    finally:
-        await store.close()
     if args.json:
         print(json.dumps(counts, indent=2))
         return 0

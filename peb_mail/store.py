@@ -288,6 +288,12 @@ class Store:
     async def close(self) -> None:
         await self._db.close()
 
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """Run the block in one ``BEGIN IMMEDIATE`` transaction.
