@@ -215,15 +215,25 @@ def starter_text(started: Started) -> str:
     return part.get_content() if part else ""
 
 
+def reply_message(started: Started) -> Message:
+    """Start the student's reply to the counterpart's starter email, in its thread."""
+    assert started.starter is not None
+    return new_message(
+        "Re: " + str(started.starter["Subject"]),
+        to=started.address,
+        in_reply_to=started.starter["Message-ID"],
+    )
+
+
+def reply_to_starter(demo: Demo, scenario_id: str) -> tuple[Started, Message]:
+    started = start_scenario(demo, scenario_id)
+    return started, reply_message(started)
+
+
 def gmail_reply(demo: Demo) -> tuple[str, Message, str]:
-    started = start_scenario(demo, "clarify-vague-task")
+    started, message = reply_to_starter(demo, "clarify-vague-task")
     starter = started.starter
     assert starter is not None
-    message = new_message(
-        "Re: " + str(starter["Subject"]),
-        to=started.address,
-        in_reply_to=starter["Message-ID"],
-    )
     name = starter["From"].addresses[0].display_name
     body = (
         "Hi,\n\nThank you for asking me to clean up the notes from yesterday's meeting. "
@@ -242,14 +252,9 @@ def gmail_reply(demo: Demo) -> tuple[str, Message, str]:
 
 
 def apple_mail_reply_qp(demo: Demo) -> tuple[str, Message, str]:
-    started = start_scenario(demo, "reschedule-client-call")
+    started, message = reply_to_starter(demo, "reschedule-client-call")
     starter = started.starter
     assert starter is not None
-    message = new_message(
-        "Re: " + str(starter["Subject"]),
-        to=started.address,
-        in_reply_to=starter["Message-ID"],
-    )
     name = starter["From"].addresses[0].display_name
     body = (
         "Dear Hannah,\n\nI am very sorry, but I cannot join our video call at 3:00 pm today. "
@@ -304,14 +309,9 @@ def outlook_new_email_base64(demo: Demo) -> tuple[str, Message, str]:
 
 
 def html_only_reply(demo: Demo) -> tuple[str, Message, str]:
-    started = start_scenario(demo, "reschedule-client-call")
+    started, message = reply_to_starter(demo, "reschedule-client-call")
     starter = started.starter
     assert starter is not None
-    message = new_message(
-        "Re: " + str(starter["Subject"]),
-        to=started.address,
-        in_reply_to=starter["Message-ID"],
-    )
     quoted_html = "<br>".join(starter_text(started).splitlines())
     message.set_content(
         "<html><body><p>Hi Hannah,</p><p>I am sorry, my internet connection is not working "
@@ -342,11 +342,7 @@ def scenario_submission(demo: Demo, scenario_id: str) -> tuple[str, Message, str
         + f"\n\nBest regards,\n{STUDENT_NAME}\n"
     )
     if started.starter is not None:
-        message = new_message(
-            "Re: " + str(started.starter["Subject"]),
-            to=started.address,
-            in_reply_to=started.starter["Message-ID"],
-        )
+        message = reply_message(started)
     else:
         message = new_message(scenario.title, to=started.address)
     message.set_content(body)
