@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -187,6 +188,10 @@ class PrecheckResult:
         return bool(self.injections)
 
 
+# The worker runs the checks to decide about refusal, and the grader it calls
+# runs them again to redact and cap; the cache makes the second run free.
+# Callers must not change the result (its caps dict is shared).
+@functools.lru_cache(maxsize=256)
 def precheck(scenario: Scenario, submission: Submission) -> PrecheckResult:
     """Run every check on one submission."""
     flags: list[str] = []
