@@ -45,7 +45,7 @@ _AUTO_SUBJECT_RE = re.compile(
 
 @dataclass(frozen=True)
 class ParsedEmail:
-    """What intake needs from one received message."""
+    """The facts intake needs from one received message."""
 
     message_id: str | None
     in_reply_to: tuple[str, ...]

@@ -167,7 +167,8 @@ class GradingWorker:
     ) -> str:
         if job.tries >= job.max_tries:
             return await self._give_up(job, error)
-        # A provider's Retry-After is a floor: coming back sooner only fails.
+        # A provider's Retry-After is a floor, because a retry before it would
+        # be rejected again.
         delay = max(
             min_delay_s,
             backoff_delay_s(
