@@ -1428,7 +1428,7 @@ async def main_async(args: argparse.Namespace) -> int:
     report = Report()
     started = time.perf_counter()
     try:
-        await run_sections(settings, report)
+        await run_sections(settings, report, tuple(args.only or SECTIONS))
     finally:
         if WORK_ROOT and not args.keep:
             shutil.rmtree(WORK_ROOT[0], ignore_errors=True)
@@ -1437,28 +1437,38 @@ async def main_async(args: argparse.Namespace) -> int:
     took = time.perf_counter() - started
     text = markdown(report, settings, args.quick, took)
     print(text)
-    if not args.no_write:
+    if not args.no_write and not args.only:
         (REPO / "BENCHMARKS.md").write_text(text, encoding="utf-8")
         print(f"wrote {REPO / 'BENCHMARKS.md'}")
     return 0
 
 
-async def run_sections(settings: Settings, report: Report) -> None:
+SECTIONS = ("ingest", "pipeline", "grading", "memory", "first")
+
+
+async def run_sections(
+    settings: Settings, report: Report, only: tuple[str, ...] = SECTIONS
+) -> None:
     client = LoadClient()
     peaks: dict[str, int] = {}
     try:
-        await timed(report, "ingest", bench_ingest(settings, client, report))
-        for grader in ("offline", "llm"):
-            peaks[grader] = await timed(
-                report,
-                f"pipeline {grader}",
-                bench_pipeline(settings, client, report, grader),
-            )
+        if "ingest" in only:
+            await timed(report, "ingest", bench_ingest(settings, client, report))
+        if "pipeline" in only:
+            for grader in ("offline", "llm"):
+                peaks[grader] = await timed(
+                    report,
+                    f"pipeline {grader}",
+                    bench_pipeline(settings, client, report, grader),
+                )
     finally:
         client.close()
-    await timed(report, "grading", bench_grading(settings, report))
-    await timed(report, "memory", bench_memory_startup(settings, report, peaks))
-    await timed(report, "first grading", bench_first_grading(report))
+    if "grading" in only:
+        await timed(report, "grading", bench_grading(settings, report))
+    if "memory" in only:
+        await timed(report, "memory", bench_memory_startup(settings, report, peaks))
+    if "first" in only:
+        await timed(report, "first grading", bench_first_grading(report))
 
 
 def main() -> int:
@@ -1472,6 +1482,13 @@ def main() -> int:
         "--no-write",
         action="store_true",
         help="print the results without writing BENCHMARKS.md",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only this section (may be given more than once); "
+        "BENCHMARKS.md is then left as it is",
     )
     parser.add_argument(
         "--keep",
