@@ -84,6 +84,9 @@ class ListenerConfig:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     require_tls: bool = False
+    # Processes that accept SMTP on the port (SO_REUSEPORT): serve's own
+    # listener and processes - 1 helpers that only store mail.
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -329,6 +332,11 @@ def _validate(where: str, config: Config) -> None:
         (
             config.listener.protocol in ("smtp", "lmtp"),
             f'listener.protocol must be "smtp" or "lmtp", got {config.listener.protocol!r}',
+        ),
+        (
+            1 <= config.listener.processes <= 64,
+            f"listener.processes must be between 1 and 64 (about one per core), "
+            f"got {config.listener.processes}",
         ),
         (
             config.service.log_format in ("text", "json"),

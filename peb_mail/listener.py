@@ -237,9 +237,15 @@ class Listener:
 
 
 async def start_listener(
-    config: Config, store: Store, on_stored: Callable[[], None]
+    config: Config,
+    store: Store,
+    on_stored: Callable[[], None],
+    reuse_port: bool = False,
 ) -> Listener:
-    """Start listening on the configured host and port; port 0 picks a free one."""
+    """Start listening on the configured host and port; port 0 picks a free one.
+
+    ``reuse_port`` sets SO_REUSEPORT, so several processes can share the port.
+    """
     listener = config.listener
     handler = IntakeHandler(store, config.service.domain, on_stored, listener)
     tls_context = None
@@ -280,6 +286,9 @@ async def start_listener(
 
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        factory, host=config.listener.host, port=config.listener.port
+        factory,
+        host=config.listener.host,
+        port=config.listener.port,
+        reuse_port=reuse_port or None,
     )
     return Listener(server, handler)

@@ -14,6 +14,7 @@ from .config import Config
 from .errors import ListenError
 from .intake import Intake
 from .listener import Listener, start_listener
+from .listener_pool import ListenerPool
 from .models import Grader, Scenario
 from .scenarios import load_scenarios
 from .sender import Sender, make_transport
@@ -68,6 +69,7 @@ class Service:
         self.tasks: list[asyncio.Task[None]] = []
         self.store: Store | None = None
         self.listener: Listener | None = None
+        self.listener_pool: ListenerPool | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -79,7 +81,10 @@ class Service:
         # (templates, the model client) are ready.
         try:
             self.listener = await start_listener(
-                config, self.store, self.intake_wake.set
+                config,
+                self.store,
+                self.intake_wake.set,
+                reuse_port=config.listener.processes > 1,
             )
         except OSError as exc:
             await self.store.close()
@@ -90,6 +95,11 @@ class Service:
                 "change listener.port"
             ) from exc
         self.port = self.listener.port
+        if config.listener.processes > 1:
+            self.listener_pool = ListenerPool(
+                config, self.port, config.listener.processes - 1, self.intake_wake.set
+            )
+            self.listener_pool.start()
         if config.listener.port_file:
             config.listener.port_file.parent.mkdir(parents=True, exist_ok=True)
             config.listener.port_file.write_text(f"{self.port}\n")
@@ -227,11 +237,20 @@ class Service:
         started = time.monotonic()
         logger.info("stopping: no new SMTP sessions; waiting up to %.0fs", budget_s)
         if self.listener is not None:
+            # Helper listeners close their sessions at the same time, each
+            # within the same half of the budget.
+            helpers_stopped = None
+            if self.listener_pool is not None:
+                helpers_stopped = asyncio.create_task(
+                    self.listener_pool.stop(budget_s / 2 + 1.0)
+                )
             dropped = await self.listener.close(budget_s / 2)
             if dropped:
                 logger.warning(
                     "closed %d SMTP sessions that did not finish in time", dropped
                 )
+            if helpers_stopped is not None:
+                await helpers_stopped
         self.stop_event.set()
         if self.tasks:
             remaining_s = max(0.1, budget_s - (time.monotonic() - started))
