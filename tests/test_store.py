@@ -136,11 +136,22 @@ async def test_connection_pragmas(store: Store) -> None:
             busy_timeout_ms = (await cursor.fetchone())[0]
         async with db.execute("pragma foreign_keys") as cursor:
             foreign_keys = (await cursor.fetchone())[0]
-    assert synchronous == 2  # FULL
+    assert synchronous == 1  # NORMAL: later steps, not received mail
     # sqlite3.connect's default timeout of 5 s already sets 5000 ms, so the store
     # must set its own, longer wait.
     assert busy_timeout_ms >= 10_000
     assert foreign_keys == 1
+
+
+async def test_ingest_connection_pragmas(store: Store) -> None:
+    # Received mail is committed on the ingest writer's own connection, which
+    # must sync every commit to disk before the listener answers 250.
+    writer = store._ingest_writer  # noqa: SLF001
+    assert writer is not None
+    [(synchronous,)] = await writer.execute("pragma synchronous")
+    [(busy_timeout_ms,)] = await writer.execute("pragma busy_timeout")
+    assert synchronous == 2  # FULL
+    assert busy_timeout_ms >= 10_000
 
 
 # -- inbound -----------------------------------------------------------------
