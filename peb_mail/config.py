@@ -145,6 +145,8 @@ class OutboxConfig:
     # Emails per minute this process hands to the smarthost; 0 = no limit.
     # Some providers accept only a few messages a minute.
     max_per_minute: int = 0
+    # Emails delivered at the same time, each on its own SMTP connection.
+    concurrency: int = 4
     # An email still failing this long after it was queued is marked dead.
     dead_after_s: float = 172800.0
     # DKIM signing of outbound mail: all three set, or none. The domain
@@ -332,6 +334,11 @@ def _validate(where: str, config: Config) -> None:
         (
             config.listener.protocol in ("smtp", "lmtp"),
             f'listener.protocol must be "smtp" or "lmtp", got {config.listener.protocol!r}',
+        ),
+        (
+            1 <= config.outbox.concurrency <= 100,
+            f"outbox.concurrency must be between 1 and 100, "
+            f"got {config.outbox.concurrency}",
         ),
         (
             1 <= config.listener.processes <= 64,

@@ -151,9 +151,14 @@ class Sender:
         if slots == 0:
             return 0
         emails = await self.store.claim_outbox(self.config.send_lease_s, limit=slots)
-        for item in emails:
-            self._recent.append(self.store.clock())
-            await self._deliver(item)
+        limit = asyncio.Semaphore(self.config.concurrency)
+
+        async def deliver(item: OutboxEmail) -> None:
+            async with limit:
+                self._recent.append(self.store.clock())
+                await self._deliver(item)
+
+        await asyncio.gather(*(deliver(item) for item in emails))
         return len(emails)
 
     async def drain(self) -> int:
@@ -164,9 +169,11 @@ class Sender:
 
     async def run(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            # Cleared before looking for work, so a wake-up that arrives while
+            # run_once looks is kept and the wait below returns at once.
+            wake.clear()
             if await self.run_once():
                 continue
-            wake.clear()
             await _wait_any(wake, stop, self.config.poll_interval_s)
 
     async def _deliver(self, item: OutboxEmail) -> None:

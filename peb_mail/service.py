@@ -208,6 +208,9 @@ class Service:
     async def _run_intake(self, intake: Intake) -> None:
         assert self.store is not None
         while not self.stop_event.is_set():
+            # Cleared before reading, so mail stored while intake runs sets it
+            # again and is read at once instead of after the poll interval.
+            self.intake_wake.clear()
             try:
                 outcomes = await intake.process_pending()
             except Exception:
@@ -220,7 +223,6 @@ class Service:
                 self.grading_wake.set()
             if outcomes:
                 self.sending_wake.set()
-            self.intake_wake.clear()
             await _wait_any(
                 self.intake_wake, self.stop_event, self.config.queue.poll_interval_s
             )

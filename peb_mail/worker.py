@@ -112,9 +112,11 @@ class GradingWorker:
 
     async def run(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            # Cleared before looking for work, so a wake-up that arrives while
+            # run_once looks is kept and the wait below returns at once.
+            wake.clear()
             if await self.run_once():
                 continue
-            wake.clear()
             await _wait_any(wake, stop, self.config.queue.poll_interval_s)
 
     async def _run(self, job: Job) -> str:

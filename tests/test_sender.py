@@ -456,3 +456,88 @@ async def test_smtp_stall_mid_data_retried(
     clock.advance(email.not_before - clock.now)
     assert await sender.run_once() == 1
     assert (await only_email(store)).state == "sent"
+
+
+class GatedSmarthost(Smarthost):
+    """Smarthost that holds each DATA until ``expected`` deliveries are in DATA."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.expected = expected
+        self.in_data = 0
+        self.most_in_data = 0
+        self.all_arrived = asyncio.Event()
+
+    async def handle_DATA(
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        self.in_data += 1
+        self.most_in_data = max(self.most_in_data, self.in_data)
+        if self.in_data >= self.expected:
+            self.all_arrived.set()
+        try:
+            # A sender that delivers one at a time never gets here twice at
+            # once, so each delivery waits out the timeout alone.
+            await asyncio.wait_for(self.all_arrived.wait(), 2.0)
+        except TimeoutError:
+            pass
+        self.in_data -= 1
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_concurrency_delivers_in_parallel(store: Store) -> None:
+    gated = GatedSmarthost(expected=3)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(gated, hostname="smarthost.test"), host="127.0.0.1", port=0
+    )
+    gated.port = server.sockets[0].getsockname()[1]
+    try:
+        for index in range(3):
+            email = NewEmail(
+                message_id=f"<parallel{index}@peb-mail.test>",
+                kind="feedback",
+                envelope_from=FROM,
+                rcpt_tos=(ANA,),
+                raw=RAW,
+            )
+            async with store.transaction() as db:
+                await sql.insert_outbox(db, email, store.clock())
+        config = dataclasses.replace(smtp_config(gated.port), concurrency=3)
+        sender = Sender(store, SmtpTransport(config), config)
+        assert await sender.run_once() == 3
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert gated.most_in_data == 3
+    assert len(gated.accepted) == 3
+    states = [email.state for email in await store.list_outbox()]
+    assert states == ["sent", "sent", "sent"]
+
+
+async def test_concurrency_one_is_sequential(store: Store) -> None:
+    gated = GatedSmarthost(expected=2)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(gated, hostname="smarthost.test"), host="127.0.0.1", port=0
+    )
+    gated.port = server.sockets[0].getsockname()[1]
+    try:
+        for index in range(2):
+            email = NewEmail(
+                message_id=f"<serial{index}@peb-mail.test>",
+                kind="feedback",
+                envelope_from=FROM,
+                rcpt_tos=(ANA,),
+                raw=RAW,
+            )
+            async with store.transaction() as db:
+                await sql.insert_outbox(db, email, store.clock())
+        config = dataclasses.replace(smtp_config(gated.port), concurrency=1)
+        sender = Sender(store, SmtpTransport(config), config)
+        assert await sender.run_once() == 2
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert gated.most_in_data == 1
+    assert len(gated.accepted) == 2
