@@ -54,6 +54,9 @@ class ServiceConfig:
     log_format: str = "text"
     # Raw received messages older than this many days are deleted; 0 keeps them.
     retention_days: int = 0
+    # serve processes sharing the SMTP port (SO_REUSEPORT). Each runs the
+    # listener, intake of the mail it received, grading workers and a sender.
+    processes: int = 1
 
     @property
     def service_address(self) -> str:
@@ -84,9 +87,6 @@ class ListenerConfig:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     require_tls: bool = False
-    # Processes that accept SMTP on the port (SO_REUSEPORT): serve's own
-    # listener and processes - 1 helpers that only store mail.
-    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -341,9 +341,9 @@ def _validate(where: str, config: Config) -> None:
             f"got {config.outbox.concurrency}",
         ),
         (
-            1 <= config.listener.processes <= 64,
-            f"listener.processes must be between 1 and 64 (about one per core), "
-            f"got {config.listener.processes}",
+            1 <= config.service.processes <= 64,
+            f"service.processes must be between 1 and 64 (about one per core), "
+            f"got {config.service.processes}",
         ),
         (
             config.service.log_format in ("text", "json"),

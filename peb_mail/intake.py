@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections import deque
 from dataclasses import asdict, dataclass
 
 import aiosqlite
@@ -76,10 +77,26 @@ class Intake(InstructorReplies, StudentCommands):
         # DKIM key lookups; None uses dkimpy's DNS resolver.
         self.dns_lookup = dns_lookup
 
-    async def process_pending(self) -> list[Outcome]:
+    async def process_pending(
+        self, own_ids: deque[int] | None = None, stale_after_s: float = 0.0
+    ) -> list[Outcome]:
+        """Process received messages until none is left.
+
+        With ``own_ids`` (several serve processes), take the messages this
+        process's listener stored, then any other message still waiting
+        ``stale_after_s`` after it arrived, such as one stored by a process
+        that has since died. Without, take every waiting message.
+        """
         outcomes: list[Outcome] = []
         while True:
-            ids = await self.store.received_inbound_ids()
+            if own_ids is None:
+                ids = await self.store.received_inbound_ids()
+            else:
+                ids = [own_ids.popleft() for _ in range(len(own_ids))]
+                if not ids:
+                    ids = await self.store.received_inbound_ids(
+                        received_before=self.store.clock() - stale_after_s
+                    )
             if not ids:
                 return outcomes
             for inbound_id in ids:

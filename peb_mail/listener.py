@@ -123,6 +123,10 @@ class IntakeHandler:
         self.config = config or ListenerConfig()
         # Open SMTP sessions, so a stop can wait for them to finish.
         self.sessions: set[PebSMTP] = set()
+        # Ids of the messages stored here, for intake when several serve
+        # processes share the port. Past the bound the oldest are dropped,
+        # and intake's sweep for waiting messages finds them.
+        self.stored_ids: deque[int] = deque(maxlen=100_000)
         self.per_ip = RateLimiter(self.config.messages_per_ip_per_minute)
         self.per_sender = RateLimiter(self.config.messages_per_sender_per_minute)
 
@@ -190,6 +194,7 @@ class IntakeHandler:
         if inbound_id is None:
             logger.info("duplicate delivery from %s ignored", envelope.mail_from)
             return "250 2.0.0 OK: already received"
+        self.stored_ids.append(inbound_id)
         self.on_stored()
         return f"250 2.0.0 OK: queued as {inbound_id}"
 

@@ -1,12 +1,12 @@
-"""Extra listener processes that share the main listener's port.
+"""Helper serve processes that share the main process's SMTP port.
 
-One Python process serves SMTP on one core. With ``listener.processes`` above
-1, ``serve`` starts that many processes in all: its own listener and helpers
-that run only a listener and the store. Every socket is bound with
-SO_REUSEPORT, so the kernel spreads new connections over the processes. Each
-helper commits mail to the same SQLite file before its 250, exactly as the
-main listener does, and wakes the main process's intake through a datagram
-socket; intake also polls, so a lost wake-up only delays a message.
+One Python process serves on one core. With ``service.processes`` above 1,
+``serve`` starts that many processes in all: itself and helpers. Each binds
+the port with SO_REUSEPORT, so the kernel spreads new connections over the
+processes. Each also runs the whole pipeline. Its listener commits mail
+before the 250 and its intake takes the mail that process stored. Its
+grading workers and sender take leased work from the shared SQLite file, as
+they do with one process.
 
 A helper stops on SIGTERM (closing its sessions as the main listener does)
 and by itself once its parent has gone, so a killed ``serve`` leaves no
@@ -21,7 +21,6 @@ import multiprocessing
 import os
 import signal
 import socket
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
@@ -33,21 +32,24 @@ logger = logging.getLogger(__name__)
 
 # How often a helper checks that the process that started it is still alive.
 PARENT_CHECK_S = 1.0
-# Datagrams from a helper: it has bound its socket, or it has stored a message.
+# The datagram a helper sends once it accepts connections.
 READY = b"ready"
-STORED = b"stored"
 
 
 class ListenerPool:
-    """The helper listener processes of one ``serve``, and their wake-up socket."""
+    """The helper processes of one ``serve``, and the socket they report on.
+
+    ``listener_only`` helpers run just the listener and the store (the
+    benchmark uses them to measure ingest alone).
+    """
 
     def __init__(
-        self, config: Config, port: int, count: int, on_stored: Callable[[], None]
+        self, config: Config, port: int, count: int, listener_only: bool = False
     ) -> None:
         self.config = config
         self.port = port
         self.count = count
-        self.on_stored = on_stored
+        self.listener_only = listener_only
         self.processes: list[BaseProcess] = []
         self._wake_socket: socket.socket | None = None
         self._ready_count = 0
@@ -68,16 +70,21 @@ class ListenerPool:
         for index in range(self.count):
             process = context.Process(
                 target=run_helper,
-                args=(self.config, self.port, theirs, os.getpid(), log_level),
-                name=f"peb-mail-listener-{index + 1}",
+                args=(
+                    self.config,
+                    self.port,
+                    theirs,
+                    os.getpid(),
+                    log_level,
+                    self.listener_only,
+                ),
+                name=f"peb-mail-helper-{index + 1}",
                 daemon=True,
             )
             process.start()
             self.processes.append(process)
         theirs.close()
-        logger.info(
-            "started %d more listener processes on port %d", self.count, self.port
-        )
+        logger.info("started %d helper processes on port %d", self.count, self.port)
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every helper accepts connections; False on timeout."""
@@ -89,7 +96,6 @@ class ListenerPool:
 
     def _drain(self) -> None:
         assert self._wake_socket is not None
-        woken = False
         while True:
             try:
                 datagram = self._wake_socket.recv(64)
@@ -99,10 +105,6 @@ class ListenerPool:
                 self._ready_count += 1
                 if self._ready_count >= self.count:
                     self._all_ready.set()
-            else:
-                woken = True
-        if woken:
-            self.on_stored()
 
     async def stop(self, timeout_s: float) -> None:
         """Ask each helper to stop and wait up to ``timeout_s``; then kill it."""
@@ -116,7 +118,7 @@ class ListenerPool:
             await asyncio.to_thread(process.join, left)
             if process.is_alive():
                 logger.warning(
-                    "listener process %s did not stop in time; killing it", process.pid
+                    "helper process %s did not stop in time; killing it", process.pid
                 )
                 process.kill()
                 await asyncio.to_thread(process.join, 5.0)
@@ -129,11 +131,12 @@ class ListenerPool:
 def run_helper(
     config: Config,
     port: int,
-    wake_socket: socket.socket,
+    report_socket: socket.socket,
     parent_pid: int,
     log_level: int,
+    listener_only: bool = False,
 ) -> None:
-    """Run one helper listener until SIGTERM or until the parent is gone."""
+    """Run one helper until SIGTERM or until the parent is gone."""
     from .logs import setup_logging
 
     setup_logging(
@@ -144,43 +147,54 @@ def run_helper(
     # Ctrl-C in a terminal reaches the whole process group; the parent stops
     # the helpers itself, in order, so they ignore SIGINT.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_serve_helper(config, port, wake_socket, parent_pid))
-
-
-async def _serve_helper(
-    config: Config, port: int, wake_socket: socket.socket, parent_pid: int
-) -> None:
-    from .listener import start_listener
-
-    wake_socket.setblocking(False)
-
-    def tell(datagram: bytes) -> None:
-        try:
-            wake_socket.send(datagram)
-        except OSError:
-            pass  # a full or closed socket: intake's poll finds the message
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
     helper_config = replace(
         config, listener=replace(config.listener, port=port, port_file=None)
     )
-    async with await Store.open(
-        config.service.database, busy_timeout_s=config.service.busy_timeout_s
-    ) as store:
-        listener = await start_listener(
-            helper_config, store, lambda: tell(STORED), reuse_port=True
+    asyncio.run(_run(helper_config, report_socket, parent_pid, listener_only))
+
+
+async def _run(
+    config: Config, report_socket: socket.socket, parent_pid: int, listener_only: bool
+) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    if listener_only:
+        from .listener import start_listener
+
+        store = await Store.open(
+            config.service.database, busy_timeout_s=config.service.busy_timeout_s
         )
-        tell(READY)
-        logger.debug("listener process %d accepting on port %d", os.getpid(), port)
-        while not stop.is_set() and os.getppid() == parent_pid:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), PARENT_CHECK_S)
-        if not stop.is_set():
-            logger.warning(
-                "listener process %d: serve (pid %d) is gone; stopping",
-                os.getpid(),
-                parent_pid,
-            )
+        listener = await start_listener(config, store, lambda: None, reuse_port=True)
+        _report_ready(report_socket)
+        await _wait_for_stop(stop, parent_pid)
         await listener.close(config.service.stop_timeout_s / 2)
+        await store.close()
+        return
+
+    from .service import Service
+
+    service = Service(config, helper=True)
+    await service.start()
+    _report_ready(report_socket)
+    await _wait_for_stop(stop, parent_pid)
+    await service.stop()
+
+
+def _report_ready(report_socket: socket.socket) -> None:
+    try:
+        report_socket.send(READY)
+    except OSError as exc:
+        logger.warning(
+            "helper %d could not report that it is ready: %s", os.getpid(), exc
+        )
+
+
+async def _wait_for_stop(stop: asyncio.Event, parent_pid: int) -> None:
+    """Return on SIGTERM, or once the parent process has gone."""
+    while not stop.is_set() and os.getppid() == parent_pid:
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PARENT_CHECK_S)
+    if not stop.is_set():
+        logger.warning(
+            "helper %d: serve (pid %d) is gone; stopping", os.getpid(), parent_pid
+        )

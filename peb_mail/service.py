@@ -55,8 +55,20 @@ def make_grader(config: Config) -> Grader:
 class Service:
     """The whole pipeline; ``start`` returns once the listener accepts mail."""
 
-    def __init__(self, config: Config, scenarios: list[Scenario] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        scenarios: list[Scenario] | None = None,
+        helper: bool = False,
+    ) -> None:
+        """``helper`` marks a process that a main serve process started.
+
+        A helper listens on the main process's port and runs intake, workers
+        and a sender, but starts no processes, writes no port file and leaves
+        the daily digest and the retention purge to the main process.
+        """
         self.config = config
+        self.helper = helper
         self.scenarios = (
             scenarios
             if scenarios is not None
@@ -79,12 +91,10 @@ class Service:
         )
         # The listener starts first so mail is accepted before the slower parts
         # (templates, the model client) are ready.
+        shared_port = config.service.processes > 1
         try:
             self.listener = await start_listener(
-                config,
-                self.store,
-                self.intake_wake.set,
-                reuse_port=config.listener.processes > 1,
+                config, self.store, self.intake_wake.set, reuse_port=shared_port
             )
         except OSError as exc:
             await self.store.close()
@@ -95,12 +105,12 @@ class Service:
                 "change listener.port"
             ) from exc
         self.port = self.listener.port
-        if config.listener.processes > 1:
+        if shared_port and not self.helper:
             self.listener_pool = ListenerPool(
-                config, self.port, config.listener.processes - 1, self.intake_wake.set
+                config, self.port, config.service.processes - 1
             )
             self.listener_pool.start()
-        if config.listener.port_file:
+        if config.listener.port_file and not self.helper:
             config.listener.port_file.parent.mkdir(parents=True, exist_ok=True)
             config.listener.port_file.write_text(f"{self.port}\n")
         logger.info(
@@ -145,11 +155,11 @@ class Service:
                     name=f"worker-{index}",
                 )
             )
-        if config.instructors.digest_hour_utc >= 0:
+        if config.instructors.digest_hour_utc >= 0 and not self.helper:
             self.tasks.append(
                 asyncio.create_task(self._digests(composer), name="digests")
             )
-        if config.service.retention_days > 0:
+        if config.service.retention_days > 0 and not self.helper:
             self.tasks.append(asyncio.create_task(self._purge_hourly(), name="purge"))
         sender = Sender(
             self.store,
@@ -212,7 +222,17 @@ class Service:
             # again and is read at once instead of after the poll interval.
             self.intake_wake.clear()
             try:
-                outcomes = await intake.process_pending()
+                if self.config.service.processes > 1:
+                    # Each process takes the mail its own listener stored;
+                    # mail still waiting after a few poll intervals is taken
+                    # by any process.
+                    assert self.listener is not None
+                    outcomes = await intake.process_pending(
+                        self.listener.handler.stored_ids,
+                        stale_after_s=3 * self.config.queue.poll_interval_s + 2.0,
+                    )
+                else:
+                    outcomes = await intake.process_pending()
             except Exception:
                 logger.exception(
                     "intake failed; retrying in %.1fs",

@@ -517,11 +517,24 @@ class Store:
         await self._db.execute("commit")
         return results
 
-    async def received_inbound_ids(self, limit: int = 50) -> list[int]:
-        rows = await self._fetchall(
-            "select id from inbound where state = 'received' order by id limit ?",
-            (limit,),
-        )
+    async def received_inbound_ids(
+        self, limit: int = 50, received_before: float | None = None
+    ) -> list[int]:
+        """List messages waiting for intake, oldest first.
+
+        ``received_before`` keeps only those stored before that time.
+        """
+        if received_before is None:
+            rows = await self._fetchall(
+                "select id from inbound where state = 'received' order by id limit ?",
+                (limit,),
+            )
+        else:
+            rows = await self._fetchall(
+                "select id from inbound where state = 'received' and received_at < ? "
+                "order by id limit ?",
+                (received_before, limit),
+            )
         return [row["id"] for row in rows]
 
     async def inbound_row(self, inbound_id: int) -> sqlite3.Row | None:

@@ -365,12 +365,12 @@ async def _serve_listener(conn: Any, folder: str, processes: int) -> None:
     from peb_mail.listener_pool import ListenerPool
     from peb_mail.store import Store
 
-    config = service_config(Path(folder), listener={"processes": processes})
+    config = service_config(Path(folder), service={"processes": processes})
     store = await Store.open(config.service.database)
     listener = await start_listener(
         config, store, lambda: None, reuse_port=processes > 1
     )
-    pool = ListenerPool(config, listener.port, processes - 1, lambda: None)
+    pool = ListenerPool(config, listener.port, processes - 1, listener_only=True)
     pool.start()
     # The first cell must not be served by this process alone.
     if processes > 1 and not await pool.wait_ready(30.0):
@@ -386,8 +386,8 @@ def server_process(kind: str, conn: Any, folder: str) -> None:
         asyncio.run(_serve_listener(conn, folder, INGEST_PROCESSES[kind]))
 
 
-# peb-mail's ingest servers: serve's listener alone, and with helper processes
-# sharing its port (listener.processes).
+# peb-mail's ingest servers: serve's listener alone, and with a helper process
+# sharing its port as with service.processes = 2, both without intake.
 INGEST_PROCESSES = {"peb": 1, "peb2": 2}
 
 

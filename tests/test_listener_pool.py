@@ -1,4 +1,4 @@
-"""Helper listener processes: they share the port, store mail and wake intake."""
+"""Helper serve processes: they share the port, store mail and process it."""
 
 from __future__ import annotations
 
@@ -46,11 +46,12 @@ async def wait_for(check, timeout_s: float = 10.0) -> bool:  # type: ignore[no-u
     return False
 
 
-async def test_pool_helpers_store_and_wake_intake(tmp_path: Path) -> None:
-    # Intake polls only every 60 s here, so a prompt intake shows the wake-up
-    # from the helper processes.
+async def test_pool_helpers_store_and_process(tmp_path: Path) -> None:
+    # Intake polls only every 60 s here, and a message counts as stale only
+    # minutes after it arrived, so a prompt intake shows that each helper
+    # processes the mail it stored itself.
     config = make_config(
-        tmp_path, listener={"processes": 3}, queue={"poll_interval_s": 60.0}
+        tmp_path, service={"processes": 3}, queue={"poll_interval_s": 60.0}
     )
     service = Service(config)
     await service.start()
@@ -79,8 +80,8 @@ async def test_pool_helpers_store_and_wake_intake(tmp_path: Path) -> None:
 
 def test_pool_processes_out_of_range(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as failed:
-        make_config(tmp_path, listener={"processes": 0})
-    assert "listener.processes" in str(failed.value)
+        make_config(tmp_path, service={"processes": 0})
+    assert "service.processes" in str(failed.value)
 
 
 def child_pids(pid: int) -> list[int]:
@@ -109,11 +110,12 @@ async def test_pool_helpers_exit_after_kill(tmp_path: Path) -> None:
 domain = "{DOMAIN}"
 data_dir = "{tmp_path / "data"}"
 
+processes = 2
+
 [listener]
 host = "127.0.0.1"
 port = 0
 port_file = "{port_file}"
-processes = 2
 """,
         encoding="utf-8",
     )
