@@ -22,11 +22,11 @@ FIGURES = [
         for size in ("2KB", "50KB")
         for sessions in (1, 10, 50)
         for mode in ("new", "reused")
-        for kind in ("bare", "durable", "ratio")
+        for kind in ("bare", "durable_1p", "ratio_1p", "durable_2p", "ratio_2p")
     ),
     *(
-        f"pipeline_{grader}_{name}"
-        for grader in ("offline", "llm")
+        f"pipeline_{run}_{name}"
+        for run in ("offline_1p_20", "llm_2p_20")
         for name in ("submissions", "missing", "p50", "p95", "p99")
     ),
     "grading_rate",
