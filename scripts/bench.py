@@ -90,6 +90,8 @@ class Settings:
     grading_latency_s: float
     grading_concurrency: int
     grading_jobs: int
+    # service.processes for the grading run; C is split evenly between them.
+    grading_processes: int
     queued_jobs: int
     startup_repetitions: int
 
@@ -109,6 +111,7 @@ FULL = Settings(
     grading_latency_s=0.2,
     grading_concurrency=8,
     grading_jobs=160,
+    grading_processes=2,
     queued_jobs=10_000,
     startup_repetitions=3,
 )
@@ -121,6 +124,7 @@ QUICK = Settings(
     grading_latency_s=0.2,
     grading_concurrency=4,
     grading_jobs=16,
+    grading_processes=1,
     queued_jobs=1000,
     startup_repetitions=1,
 )
@@ -582,9 +586,12 @@ class Serve:
         self.log.flush()
         return self.log_path.read_text(errors="replace")
 
-    async def wait_log(self, pattern: str, timeout_s: float = 60.0) -> None:
+    async def wait_log(
+        self, pattern: str, timeout_s: float = 60.0, count: int = 1
+    ) -> None:
+        """Wait until the serve log (helpers included) has ``count`` matches."""
         deadline = time.monotonic() + timeout_s
-        while not re.search(pattern, self.log_text()):
+        while len(re.findall(pattern, self.log_text())) < count:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"serve log never matched {pattern!r}")
             await asyncio.sleep(0.05)
@@ -1035,19 +1042,28 @@ async def bench_grading(settings: Settings, out: Report) -> None:
     concurrency = settings.grading_concurrency
     latency = settings.grading_latency_s
     count = settings.grading_jobs
+    processes = settings.grading_processes
     folder = Path(work_folder("grading"))
     database = folder / "data" / "peb.sqlite3"
-    await insert_jobs(database, count, due=True)
+    # Queued but not due until every process reports its grader ready, so
+    # no process starts while another one is still importing litellm.
+    await insert_jobs(database, count, due=False)
     async with ModelServer() as model:
         model.push(*(ScriptedReply(delay_s=latency) for _ in range(count)))
         data = service_data(
             folder,
-            grader=llm_grader(model.api_base, concurrency),
-            queue={"workers": concurrency},
+            grader=llm_grader(model.api_base, concurrency // processes),
+            # The jobs become due by a database update that no process is
+            # woken for, so each process must poll for them promptly.
+            queue={"workers": concurrency // processes, "poll_interval_s": 0.05},
+            service={"processes": processes},
         )
         serve = Serve(folder, data)
         try:
             await serve.wait_port()
+            await serve.wait_log(r"LLM grader ready", count=processes)
+            with sqlite3.connect(database) as db:
+                db.execute("update jobs set not_before = 0")
             await wait_until(
                 lambda: bool(model.requests), 60, "the first model request"
             )
@@ -1076,6 +1092,7 @@ async def bench_grading(settings: Settings, out: Report) -> None:
     out.grading_row = [
         f"{latency * 1000:.0f} ms",
         str(concurrency),
+        str(processes),
         str(count),
         f"{rate:.1f}",
         f"{ideal:.1f}",
@@ -1449,13 +1466,15 @@ def markdown(report: Report, settings: Settings, quick: bool, took_s: float) -> 
         ),
         "### Grading throughput (stub model with fixed latency)",
         "",
-        "grader.concurrency and queue.workers are both C. Rate = jobs / (time from "
-        "the first model request to the last job done).",
+        "grader.concurrency and queue.workers are both C / processes in each of "
+        "the serve processes. Rate = jobs / (time from the first model request "
+        "to the last job done).",
         "",
         markdown_table(
             [
                 "latency L",
                 "C",
+                "processes",
                 "jobs",
                 "jobs/s",
                 "ideal C/L",
