@@ -13,8 +13,6 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from spellchecker import SpellChecker
-
 from peb_mail.errors import GradingError
 from peb_mail.models import (
     CRITERION_KEYS,
@@ -60,6 +58,7 @@ from peb_mail.offline_checks import (
     spell_checker,
 )
 from peb_mail.offline_texts import write_counterpart_reply, write_revision
+from peb_mail.wordlist import WordList
 
 __all__ = ["OfflineGrader", "spell_checker"]
 
@@ -790,7 +789,7 @@ def is_weak(findings: Findings, total: int) -> bool:
 
 
 def build_verdict(
-    scenario: Scenario, submission: Submission, checker: SpellChecker
+    scenario: Scenario, submission: Submission, checker: WordList
 ) -> Verdict:
     """Grade one non-empty submission with the rules of this module."""
     findings = collect_findings(scenario, submission, checker)

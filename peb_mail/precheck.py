@@ -49,6 +49,7 @@ from peb_mail.models import (
     Submission,
     Verdict,
 )
+from peb_mail.wordlist import english_word_list
 
 INJECTION_FLAG = "suspected-injection"
 HIDDEN_TEXT_FLAG = "hidden-text"
@@ -308,11 +309,7 @@ def english_word_shares(text: str) -> tuple[int, float, float | None]:
     if decided:
         return len(words), function_share, None
 
-    # Imported here because the offline grader loads textstat and the word list.
-    from peb_mail.offline_grader import spell_checker
-
-    checker = spell_checker()
-    known = checker.known(words)
+    known = english_word_list().known(words)
     known_share = sum(word in known for word in words) / len(words)
     return len(words), function_share, known_share
 
