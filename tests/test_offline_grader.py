@@ -1199,3 +1199,13 @@ async def test_missing_time_lowers_clarity() -> None:
 async def test_half_points_task_two() -> None:
     verdict = await grade(shipped("reschedule-client-call"), RESCHEDULE_WITHOUT_TIME)
     assert verdict.score_of("task").score == 2, verdict.score_of("task")
+
+
+def test_address_pattern_long_run() -> None:
+    # A quoted history can hold one very long line of ">" with no "@". With
+    # the old pattern this run took minutes; it must stay a quick scan.
+    from peb_mail.offline_checks import EMAIL_OR_URL
+
+    text = ">" * 200_000 + " mail ana@example.com or www.example.com (https://x.test)"
+    cleaned = EMAIL_OR_URL.sub(" ", text)
+    assert cleaned == ">" * 200_000 + " mail   or   ( "
