@@ -419,6 +419,19 @@ def normalise(text: str) -> str:
     Keywords and the student's text go through the same steps, so "i cant",
     "I can't" and "I cannot" all match the keyword "can't".
     """
+    # One grading normalises the same scenario keywords about 80 times, so
+    # short texts are cached; long ones are student text, seen once.
+    if len(text) <= 200:
+        return _normalise_short(text)
+    return _normalise(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalise_short(text: str) -> str:
+    return _normalise(text)
+
+
+def _normalise(text: str) -> str:
     lowered = APOSTROPHES.sub("'", text).lower()
     for pattern, replacement in CONTRACTIONS:
         lowered = pattern.sub(replacement, lowered)
@@ -621,6 +634,19 @@ def parse_email(text: str) -> ParsedEmail:
 
 def scenario_vocabulary(scenario: Scenario, submission: Submission) -> set[str]:
     """Collect the lower-case words of the scenario, which spelling ignores."""
+    cached = _SCENARIO_WORDS.get(id(scenario))
+    if cached is None or cached[0] is not scenario:
+        cached = (scenario, frozenset(_words_of(_scenario_texts(scenario))))
+        _SCENARIO_WORDS[id(scenario)] = cached
+    return set(cached[1]) | _words_of([submission.student_name])
+
+
+# The words of each scenario by id(), with the scenario to check that the id
+# was not reused by another object. Scenarios are loaded once per process.
+_SCENARIO_WORDS: dict[int, tuple[Scenario, frozenset[str]]] = {}
+
+
+def _scenario_texts(scenario: Scenario) -> list[str]:
     parts: list[str] = [
         scenario.title,
         scenario.environment,
@@ -631,7 +657,6 @@ def scenario_vocabulary(scenario: Scenario, submission: Submission) -> set[str]:
         scenario.counterpart.knows,
         scenario.starter_subject or "",
         scenario.starter_body or "",
-        submission.student_name,
         *scenario.subject_keywords,
     ]
     for point in (*scenario.key_facts, *scenario.key_points):
@@ -641,6 +666,10 @@ def scenario_vocabulary(scenario: Scenario, submission: Submission) -> set[str]:
     for artefact in scenario.artefacts:
         parts.append(artefact.name)
         parts.append(artefact.text or "")
+    return parts
+
+
+def _words_of(parts: list[str]) -> set[str]:
     words: set[str] = set()
     for part in parts:
         for token in re.findall(r"[A-Za-z][A-Za-z'’-]*", part):
