@@ -57,30 +57,31 @@ class MaildirTransport:
 
 
 class SmtpTransport:
-    """Send through the configured smarthost with aiosmtplib."""
+    """Send through the configured smarthost with aiosmtplib.
+
+    Connections stay open between emails for up to ``KEEP_IDLE_S``, because
+    a new connection per email (connect, EHLO, maybe STARTTLS and AUTH, QUIT)
+    made the exchange cost about 1.2 ms of CPU per email in a profile at 40
+    submissions/s. A connection that failed in any way is closed, never
+    reused.
+    """
+
+    # Smarthosts close idle sessions after a while (Postfix after 300 s), so
+    # a connection idle this long is closed instead of reused.
+    KEEP_IDLE_S = 30.0
 
     def __init__(self, config: OutboxConfig, local_hostname: str | None = None) -> None:
         self.config = config
         # Our EHLO name. Without it aiosmtplib uses socket.getfqdn(), which
         # does a DNS lookup and may not be a fully qualified name.
         self.local_hostname = local_hostname
+        # Open connections not in use, with the loop time each became idle.
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
 
     async def deliver(self, email: OutboxEmail) -> str | None:
         config = self.config
         try:
-            errors, _ = await aiosmtplib.send(
-                email.raw,
-                sender=email.envelope_from,
-                recipients=list(email.rcpt_tos),
-                hostname=config.smarthost_host,
-                port=config.smarthost_port,
-                username=config.username or None,
-                password=config.password if config.username else None,
-                start_tls=config.starttls,
-                use_tls=config.use_tls,
-                timeout=config.timeout_s,
-                local_hostname=self.local_hostname,
-            )
+            errors = await self._send(email)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [item.code for item in exc.recipients]
             text = "; ".join(
@@ -114,6 +115,71 @@ class SmtpTransport:
                 for rcpt, reply in errors.items()
             )
         return None
+
+    async def _send(self, email: OutboxEmail) -> dict[str, aiosmtplib.SMTPResponse]:
+        """Send on an idle connection, or on a new one; return refused recipients."""
+        client = self._take_idle()
+        if client is not None:
+            try:
+                errors, _ = await client.sendmail(
+                    email.envelope_from, list(email.rcpt_tos), email.raw
+                )
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+                # The smarthost closed the idle connection. Try once on a new
+                # one; had it accepted the email before closing, the email
+                # arrives twice, as after any retry.
+                client.close()
+            except BaseException:
+                client.close()
+                raise
+            else:
+                self._give_back(client)
+                return errors
+        client = self._new_client()
+        try:
+            await client.connect()
+            errors, _ = await client.sendmail(
+                email.envelope_from, list(email.rcpt_tos), email.raw
+            )
+        except BaseException:
+            client.close()
+            raise
+        self._give_back(client)
+        return errors
+
+    def _new_client(self) -> aiosmtplib.SMTP:
+        config = self.config
+        return aiosmtplib.SMTP(
+            hostname=config.smarthost_host,
+            port=config.smarthost_port,
+            username=config.username or None,
+            password=config.password if config.username else None,
+            start_tls=config.starttls,
+            use_tls=config.use_tls,
+            timeout=config.timeout_s,
+            local_hostname=self.local_hostname,
+        )
+
+    def _take_idle(self) -> aiosmtplib.SMTP | None:
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            client, since = self._idle.pop()
+            if now - since < self.KEEP_IDLE_S and client.is_connected:
+                return client
+            client.close()
+        return None
+
+    def _give_back(self, client: aiosmtplib.SMTP) -> None:
+        self._idle.append((client, asyncio.get_running_loop().time()))
+
+    async def close(self) -> None:
+        """Send QUIT on every idle connection and close it."""
+        idle, self._idle = self._idle, []
+        for client, _ in idle:
+            try:
+                await client.quit()
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
+                client.close()
 
 
 def make_transport(
@@ -168,13 +234,18 @@ class Sender:
         return total
 
     async def run(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            # Cleared before looking for work, so a wake-up that arrives while
-            # run_once looks is kept and the wait below returns at once.
-            wake.clear()
-            if await self.run_once():
-                continue
-            await _wait_any(wake, stop, self.config.poll_interval_s)
+        try:
+            while not stop.is_set():
+                # Cleared before looking for work, so a wake-up that arrives
+                # while run_once looks is kept and the wait returns at once.
+                wake.clear()
+                if await self.run_once():
+                    continue
+                await _wait_any(wake, stop, self.config.poll_interval_s)
+        finally:
+            close = getattr(self.transport, "close", None)
+            if close is not None:
+                await close()
 
     async def _deliver(self, item: OutboxEmail) -> None:
         try:

@@ -541,3 +541,77 @@ async def test_concurrency_one_is_sequential(store: Store) -> None:
         await server.wait_closed()
     assert gated.most_in_data == 1
     assert len(gated.accepted) == 2
+
+
+async def queue_numbered(store: Store, number: int) -> None:
+    email = NewEmail(
+        message_id=f"<n{number}@peb-mail.test>",
+        kind="feedback",
+        envelope_from=FROM,
+        rcpt_tos=(ANA,),
+        raw=RAW,
+    )
+    async with store.transaction() as db:
+        await sql.insert_outbox(db, email, store.clock())
+
+
+async def counting_smarthost(
+    handler: Smarthost, sessions: list[SMTP]
+) -> tuple[asyncio.Server, int]:
+    """Start an aiosmtpd server that records each SMTP session it opens."""
+
+    def factory() -> SMTP:
+        session = SMTP(handler, hostname="smarthost.test")
+        sessions.append(session)
+        return session
+
+    server = await asyncio.get_running_loop().create_server(
+        factory, host="127.0.0.1", port=0
+    )
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_smtp_reuses_connection(store: Store) -> None:
+    handler = Smarthost()
+    sessions: list[SMTP] = []
+    server, port = await counting_smarthost(handler, sessions)
+    config = smtp_config(port)
+    transport = SmtpTransport(config)
+    sender = Sender(store, transport, config)
+    try:
+        await queue_numbered(store, 1)
+        assert await sender.run_once() == 1
+        await queue_numbered(store, 2)
+        assert await sender.run_once() == 1
+        await transport.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(handler.accepted) == 2
+    assert len(sessions) == 1
+
+
+async def test_smtp_reconnects_after_idle_close(store: Store) -> None:
+    handler = Smarthost()
+    sessions: list[SMTP] = []
+    server, port = await counting_smarthost(handler, sessions)
+    config = smtp_config(port)
+    transport = SmtpTransport(config)
+    sender = Sender(store, transport, config)
+    try:
+        await queue_numbered(store, 1)
+        assert await sender.run_once() == 1
+        # The smarthost drops the idle session, as servers do after a timeout.
+        assert sessions[0].transport is not None
+        sessions[0].transport.close()
+        await asyncio.sleep(0.1)
+        await queue_numbered(store, 2)
+        assert await sender.run_once() == 1
+        await transport.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    states = [email.state for email in await store.list_outbox()]
+    assert states == ["sent", "sent"]
+    assert len(handler.accepted) == 2
+    assert len(sessions) == 2
