@@ -173,13 +173,14 @@ class SmtpTransport:
         self._idle.append((client, asyncio.get_running_loop().time()))
 
     async def close(self) -> None:
-        """Send QUIT on every idle connection and close it."""
+        """Close every idle connection.
+
+        No QUIT is sent: a stop must not wait for a slow smarthost, and
+        servers treat a closed idle connection like a QUIT.
+        """
         idle, self._idle = self._idle, []
         for client, _ in idle:
-            try:
-                await client.quit()
-            except (TimeoutError, aiosmtplib.SMTPException, OSError):
-                client.close()
+            client.close()
 
 
 def make_transport(
