@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import email.errors
 import email.header
+import email.parser
 import email.policy
 import email.utils
 import logging
@@ -82,7 +83,9 @@ def thread_of(raw: bytes) -> tuple[str | None, tuple[str, ...]]:
     """Return the Message-ID and References of a stored message, to reply under it."""
     if not raw:
         return None, ()
-    headers = email.message_from_bytes(raw, policy=email.policy.compat32)
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+        raw
+    )
     ids = parse_message_ids(str(headers.get("Message-ID", "")))
     references = parse_message_ids(str(headers.get("References", "")))
     if not references:
@@ -128,7 +131,9 @@ def parse(raw: bytes) -> ParsedEmail:
     """Parse raw bytes. Raises ValueError when the message has no usable sender."""
     headers = email.message_from_bytes(raw, policy=email.policy.compat32)
     from_name, from_address = _single_from(headers.get_all("From") or [])
-    parsed = mailparser.parse_from_bytes(raw)
+    # mail-parser reads the message the email package has already built, as
+    # its parse_from_bytes would build the same one again.
+    parsed = mailparser.MailParser(headers)
 
     body_text = "\n".join(part for part in parsed.text_plain if part.strip())
     if not body_text.strip() and parsed.text_html:
@@ -166,7 +171,10 @@ def parse(raw: bytes) -> ParsedEmail:
 def classify_raw(raw: bytes) -> str | None:
     """Classify from the headers alone, before a full parse that may fail."""
     try:
-        headers = email.message_from_bytes(raw, policy=email.policy.compat32)
+        # Only the header block is parsed; the body may be large.
+        headers = email.parser.BytesHeaderParser(
+            policy=email.policy.compat32
+        ).parsebytes(raw)
         return classify_automatic(headers, _decoded_header(headers, "Subject"))
     except Exception:  # a header block this broken is handled by parse()
         return None
