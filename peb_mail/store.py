@@ -164,8 +164,10 @@ _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 async def _add_missing_columns(db: aiosqlite.Connection) -> None:
     for table, column, declaration in _ADDED_COLUMNS:
-        async with db.execute(f"pragma table_info({table})") as cursor:
-            existing = {row["name"] for row in await cursor.fetchall()}
+        existing = {
+            row["name"]
+            for row in await db.execute_fetchall(f"pragma table_info({table})")
+        }
         if column not in existing:
             await db.execute(f"alter table {table} add column {column} {declaration}")
 
@@ -248,6 +250,19 @@ INSERT_INBOUND = (
     "(received_at, peer, mail_from, rcpt_tos, message_id, raw) "
     "values (?, ?, ?, ?, ?, ?)"
 )
+
+
+async def _one(
+    db: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()
+) -> sqlite3.Row | None:
+    """Return the first row of a query in one trip to aiosqlite's thread.
+
+    ``async with db.execute(...)`` and ``fetchone`` take three trips, each a
+    hand-off between threads that the event loop must wake up for.
+    """
+    for row in await db.execute_fetchall(sql, tuple(params)):
+        return row
+    return None
 
 
 class IngestWriter:
@@ -439,8 +454,7 @@ class Store:
         self, sql: str, params: Iterable[Any] = ()
     ) -> list[sqlite3.Row]:
         async with self._lock:
-            async with self._db.execute(sql, tuple(params)) as cursor:
-                return list(await cursor.fetchall())
+            return list(await self._db.execute_fetchall(sql, tuple(params)))
 
     async def _fetchone(
         self, sql: str, params: Iterable[Any] = ()
@@ -568,10 +582,9 @@ class Store:
         now = self.clock()
         async with self.transaction() as db:
             for email, name, cohort in rows:
-                async with db.execute(
-                    "select id from students where email = ?", (email,)
-                ) as cur:
-                    existing = await cur.fetchone()
+                existing = await _one(
+                    db, "select id from students where email = ?", (email,)
+                )
                 if existing:
                     await db.execute(
                         "update students set name = ?, cohort = ? where id = ?",
@@ -663,7 +676,8 @@ class Store:
         """
         now = self.clock()
         async with self.transaction() as db:
-            async with db.execute(
+            row = await _one(
+                db,
                 "update jobs set state = 'grading', lease_owner = ?, "
                 "lease_expires_at = ?, tries = tries + 1, updated_at = ? "
                 "where id = (select id from jobs where "
@@ -673,8 +687,7 @@ class Store:
                 "returning id, attempt_id, state, tries, max_tries, lease_owner, "
                 "lease_expires_at, last_error",
                 (owner, now + lease_s, now, now, now),
-            ) as cursor:
-                row = await cursor.fetchone()
+            )
         return Job(**dict(row)) if row else None
 
     async def release_job(
@@ -749,14 +762,13 @@ class Store:
         """
         now = self.clock()
         async with self.transaction() as db:
-            async with db.execute(
+            rows = await db.execute_fetchall(
                 "update outbox set lease_expires_at = ?, tries = tries + 1 "
                 "where id in (select id from outbox where state = 'pending' "
                 "and not_before <= ? and (lease_expires_at is null or lease_expires_at <= ?) "
                 "order by not_before, id limit ?) returning *",
                 (now + lease_s, now, now, limit),
-            ) as cursor:
-                rows = await cursor.fetchall()
+            )
         return [_outbox_from_row(row) for row in rows]
 
     async def mark_sent(self, email_id: int, note: str | None = None) -> None:
@@ -964,10 +976,9 @@ async def attempt_for_message_ids(
     closest ancestor.
     """
     for message_id in reversed(message_ids):
-        async with db.execute(
-            "select attempt_id from thread_ids where message_id = ?", (message_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await _one(
+            db, "select attempt_id from thread_ids where message_id = ?", (message_id,)
+        )
         if row:
             return int(row["attempt_id"])
     return None
@@ -975,10 +986,7 @@ async def attempt_for_message_ids(
 
 async def thread_kind(db: aiosqlite.Connection, message_id: str) -> str | None:
     """Return the outbox kind of a Message-ID we sent, or None for other ids."""
-    async with db.execute(
-        "select kind from outbox where message_id = ?", (message_id,)
-    ) as cursor:
-        row = await cursor.fetchone()
+    row = await _one(db, "select kind from outbox where message_id = ?", (message_id,))
     return str(row["kind"]) if row else None
 
 
@@ -987,11 +995,10 @@ async def closest_known_id(
 ) -> str | None:
     """Return the last of ``message_ids`` that belongs to an attempt's thread."""
     for message_id in reversed(message_ids):
-        async with db.execute(
-            "select 1 from thread_ids where message_id = ?", (message_id,)
-        ) as cursor:
-            if await cursor.fetchone():
-                return message_id
+        if await _one(
+            db, "select 1 from thread_ids where message_id = ?", (message_id,)
+        ):
+            return message_id
     return None
 
 
@@ -1005,10 +1012,9 @@ async def record_bounce(
 
     Returns the bounced email, or None when the address matches none.
     """
-    async with db.execute(
-        "select * from outbox where envelope_from = ?", (envelope_to.lower(),)
-    ) as cursor:
-        row = await cursor.fetchone()
+    row = await _one(
+        db, "select * from outbox where envelope_from = ?", (envelope_to.lower(),)
+    )
     if row is None:
         return None
     email = _outbox_from_row(row)
@@ -1032,61 +1038,57 @@ async def record_bounce(
 
 
 async def cohort_instructors_in(db: aiosqlite.Connection, cohort: str) -> list[str]:
-    async with db.execute(
-        "select email from cohort_instructors where cohort = ? order by email",
-        (cohort,),
-    ) as cursor:
-        return [row["email"] for row in await cursor.fetchall()]
+    return [
+        row["email"]
+        for row in await db.execute_fetchall(
+            "select email from cohort_instructors where cohort = ? order by email",
+            (cohort,),
+        )
+    ]
 
 
 async def fetch_student(db: aiosqlite.Connection, email: str) -> Student | None:
-    async with db.execute(
+    row = await _one(
+        db,
         "select id, email, name, cohort, hard_bounces, flagged from students where email = ?",
         (email.lower(),),
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
     return Student(**dict(row)) if row else None
 
 
 async def fetch_attempt(db: aiosqlite.Connection, attempt_id: int) -> Attempt | None:
-    async with db.execute(
-        "select * from attempts where id = ?", (attempt_id,)
-    ) as cursor:
-        row = await cursor.fetchone()
+    row = await _one(db, "select * from attempts where id = ?", (attempt_id,))
     return Attempt(**dict(row)) if row else None
 
 
 async def attempt_by_token(db: aiosqlite.Connection, token: str) -> Attempt | None:
-    async with db.execute("select * from attempts where token = ?", (token,)) as cursor:
-        row = await cursor.fetchone()
+    row = await _one(db, "select * from attempts where token = ?", (token,))
     return Attempt(**dict(row)) if row else None
 
 
 async def count_attempts(
     db: aiosqlite.Connection, student_id: int, scenario_id: str
 ) -> int:
-    async with db.execute(
+    row = await _one(
+        db,
         "select count(*) as n from attempts where student_id = ? and scenario_id = ?",
         (student_id, scenario_id),
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
     return int(row["n"]) if row else 0
 
 
 async def open_attempts(db: aiosqlite.Connection, student_id: int) -> list[Attempt]:
-    async with db.execute(
+    rows = await db.execute_fetchall(
         "select * from attempts where student_id = ? and state = 'open' order by id",
         (student_id,),
-    ) as cursor:
-        rows = await cursor.fetchall()
+    )
     return [Attempt(**dict(row)) for row in rows]
 
 
 async def student_attempts(db: aiosqlite.Connection, student_id: int) -> list[Attempt]:
-    async with db.execute(
+    rows = await db.execute_fetchall(
         "select * from attempts where student_id = ? order by id", (student_id,)
-    ) as cursor:
-        rows = await cursor.fetchall()
+    )
     return [Attempt(**dict(row)) for row in rows]
 
 
@@ -1252,21 +1254,18 @@ async def requeue_grading(
 async def inbound_raw(db: aiosqlite.Connection, inbound_id: int | None) -> bytes:
     if inbound_id is None:
         return b""
-    async with db.execute(
-        "select raw from inbound where id = ?", (inbound_id,)
-    ) as cursor:
-        row = await cursor.fetchone()
+    row = await _one(db, "select raw from inbound where id = ?", (inbound_id,))
     return bytes(row["raw"]) if row else b""
 
 
 async def fetch_student_by_id(
     db: aiosqlite.Connection, student_id: int
 ) -> Student | None:
-    async with db.execute(
+    row = await _one(
+        db,
         "select id, email, name, cohort, hard_bounces, flagged from students where id = ?",
         (student_id,),
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
     return Student(**dict(row)) if row else None
 
 
