@@ -114,6 +114,8 @@ class ModelServer:
         )
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []
+        # time.time() at the arrival of each request, in the same order.
+        self.arrived_at: list[float] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._script: collections.deque[ScriptedReply] = collections.deque()
@@ -194,6 +196,7 @@ class ModelServer:
 
         self.requests.append(body)
         self.request_headers.append(dict(request.headers))
+        self.arrived_at.append(time.time())
         reply = self._script.popleft() if self._script else ScriptedReply()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
