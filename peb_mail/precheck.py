@@ -282,6 +282,12 @@ class PrecheckedGrader:
         self.inner = inner
         self.name = inner.name
 
+    async def warm_up(self) -> None:
+        """Warm up the inner grader, when it has anything to warm up."""
+        warm_up = getattr(self.inner, "warm_up", None)
+        if warm_up is not None:
+            await warm_up()
+
     async def grade(self, scenario: Scenario, submission: Submission) -> Verdict:
         result = precheck(scenario, submission)
         verdict = await self.inner.grade(

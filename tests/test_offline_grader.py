@@ -1209,3 +1209,20 @@ def test_address_pattern_long_run() -> None:
     text = ">" * 200_000 + " mail ana@example.com or www.example.com (https://x.test)"
     cleaned = EMAIL_OR_URL.sub(" ", text)
     assert cleaned == ">" * 200_000 + " mail   or   ( "
+
+
+def test_warm_up_loads_word_list() -> None:
+    # A fresh interpreter, so no earlier test has loaded the list already.
+    code = (
+        "import asyncio\n"
+        "from peb_mail.offline_grader import OfflineGrader\n"
+        "from peb_mail.precheck import PrecheckedGrader\n"
+        "from peb_mail.wordlist import english_word_list\n"
+        "before = english_word_list.cache_info().currsize\n"
+        "asyncio.run(PrecheckedGrader(OfflineGrader()).warm_up())\n"
+        "print(before, english_word_list.cache_info().currsize)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["0", "1"]
