@@ -107,6 +107,7 @@ FULL = Settings(
         ("llm", 100.0, 1),
         ("offline", 30.0, 1),
         ("offline", 60.0, 1),
+        ("offline", 60.0, 2),
     ),
     grading_latency_s=0.2,
     grading_concurrency=8,
