@@ -1,6 +1,6 @@
 """Benchmark peb-mail on loopback: SMTP ingest, pipeline latency, grading, memory.
 
-Run ``python scripts/bench.py`` for the full run (7 to 15 minutes on 2 cores)
+Run ``python scripts/bench.py`` for the full run (about 10 minutes on 2 cores)
 or ``--quick`` for a short one. Every server listens on 127.0.0.1 with port 0
 (the startup test picks a free port first), every database lives in a
 temporary folder under ``/tmp`` (see BENCHMARKS.md for its filesystem), and the
@@ -12,13 +12,14 @@ What is measured:
 
 1. SMTP ingest (messages/s): a bare aiosmtpd server whose handler only replies
    250, and peb-mail's real listener with durable storage (WAL,
-   synchronous=FULL). The load client runs in its own process, so client and
-   server never share an event loop or a core's time slice.
+   synchronous=FULL), alone and with one listener-only helper process on the
+   same port. The load client runs in its own process, so client and server
+   never share an event loop or a core's time slice.
 2. Pipeline latency from the end of DATA to the feedback email reaching an
-   SMTP sink, at a fixed offered rate, with the offline grader and with the
-   LLM grader against a zero-latency stub.
+   SMTP sink, at fixed offered rates, with the offline grader and with the
+   LLM grader against a zero-latency stub, with one or two serve processes.
 3. Grading throughput with a stub model of fixed latency L and C requests in
-   flight, as a fraction of the ideal C/L.
+   flight over two serve processes, as a fraction of the ideal C/L.
 4. Peak RSS (VmHWM) of ``serve``.
 5. Time from process start to the first SMTP greeting, and the first grading's
    latency after a restart against later ones.
@@ -1423,7 +1424,7 @@ def machine_text() -> str:
             f"- Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}",
             f"- libraries: {versions}",
             f"- databases: {filesystem_of(Path(tempfile.gettempdir()))} "
-            "(WAL, synchronous=FULL)",
+            "(WAL; received mail committed with synchronous=FULL, later steps NORMAL)",
         ]
     )
 
