@@ -51,7 +51,7 @@ class ListenerPool:
         self.count = count
         self.listener_only = listener_only
         self.processes: list[BaseProcess] = []
-        self._wake_socket: socket.socket | None = None
+        self._report_socket: socket.socket | None = None
         self._ready_count = 0
         self._all_ready = asyncio.Event()
 
@@ -61,7 +61,7 @@ class ListenerPool:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         ours.setblocking(False)
-        self._wake_socket = ours
+        self._report_socket = ours
         asyncio.get_running_loop().add_reader(ours.fileno(), self._drain)
         # "spawn" starts a fresh interpreter: forking a process with a running
         # event loop and SQLite connections is unsafe.
@@ -95,10 +95,10 @@ class ListenerPool:
         return True
 
     def _drain(self) -> None:
-        assert self._wake_socket is not None
+        assert self._report_socket is not None
         while True:
             try:
-                datagram = self._wake_socket.recv(64)
+                datagram = self._report_socket.recv(64)
             except (BlockingIOError, InterruptedError):
                 break
             if datagram == READY:
@@ -122,10 +122,10 @@ class ListenerPool:
                 )
                 process.kill()
                 await asyncio.to_thread(process.join, 5.0)
-        if self._wake_socket is not None:
-            asyncio.get_running_loop().remove_reader(self._wake_socket.fileno())
-            self._wake_socket.close()
-            self._wake_socket = None
+        if self._report_socket is not None:
+            asyncio.get_running_loop().remove_reader(self._report_socket.fileno())
+            self._report_socket.close()
+            self._report_socket = None
 
 
 def run_helper(

@@ -258,21 +258,19 @@ class Service:
         budget_s = self.config.service.stop_timeout_s
         started = time.monotonic()
         logger.info("stopping: no new SMTP sessions; waiting up to %.0fs", budget_s)
+        # Helper processes go through the same steps at the same time, with the
+        # same budget. A helper still running a second later is killed.
+        helpers_stopped = None
+        if self.listener_pool is not None:
+            helpers_stopped = asyncio.create_task(
+                self.listener_pool.stop(budget_s + 1.0)
+            )
         if self.listener is not None:
-            # Helper listeners close their sessions at the same time, each
-            # within the same half of the budget.
-            helpers_stopped = None
-            if self.listener_pool is not None:
-                helpers_stopped = asyncio.create_task(
-                    self.listener_pool.stop(budget_s / 2 + 1.0)
-                )
             dropped = await self.listener.close(budget_s / 2)
             if dropped:
                 logger.warning(
                     "closed %d SMTP sessions that did not finish in time", dropped
                 )
-            if helpers_stopped is not None:
-                await helpers_stopped
         self.stop_event.set()
         if self.tasks:
             remaining_s = max(0.1, budget_s - (time.monotonic() - started))
@@ -285,6 +283,8 @@ class Service:
             for task in pending:
                 with suppress(asyncio.CancelledError):
                     await task
+        if helpers_stopped is not None:
+            await helpers_stopped
         if self.store is not None:
             counts = await self.store.counts()
             logger.info(
