@@ -84,7 +84,11 @@ class ListenerPool:
             process.start()
             self.processes.append(process)
         theirs.close()
-        logger.info("started %d helper processes on port %d", self.count, self.port)
+        logger.info(
+            "helper processes started on port %d: %s",
+            self.port,
+            ", ".join(str(process.pid) for process in self.processes),
+        )
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every helper accepts connections; False on timeout."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from contextlib import suppress
@@ -114,8 +115,11 @@ class Service:
             config.listener.port_file.parent.mkdir(parents=True, exist_ok=True)
             config.listener.port_file.write_text(f"{self.port}\n")
         logger.info(
-            "peb-mail %s listening on %s:%d for %s; database %s; grader %s; outbox %s; %d scenarios",
+            "peb-mail %s (%s pid %d) listening on %s:%d for %s; database %s; "
+            "grader %s; outbox %s; %d scenarios",
             __version__,
+            "helper" if self.helper else "main",
+            os.getpid(),
             config.listener.host,
             self.port,
             config.service.domain,

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 FIGURES = [
     *(
-        f"ingest_{size}_{sessions}s_{mode}_{kind}"
+        f"ingest_{size}_{sessions}sessions_{mode}_{kind}"
         for size in ("2KB", "50KB")
         for sessions in (1, 10, 50)
         for mode in ("new", "reused")
