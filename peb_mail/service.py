@@ -302,11 +302,14 @@ class Service:
 
 async def serve(config: Config) -> None:
     """Run until SIGINT or SIGTERM."""
-    service = Service(config)
-    await service.start()
+    # The handlers come first: serve writes its port file during start, and
+    # a SIGTERM sent as soon as the port is known must stop it cleanly, not
+    # end it with the default action.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    service = Service(config)
+    await service.start()
     await stop.wait()
     await service.stop()
