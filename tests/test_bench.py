@@ -45,13 +45,13 @@ FIGURES = [
 FIGURE_RE = re.compile(r"^FIGURE (\S+) (-?\d+\.\d+) \S+", re.MULTILINE)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 def test_bench_quick_prints_figures() -> None:
     run = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--no-write"],
         capture_output=True,
         text=True,
-        timeout=58,
+        timeout=140,
         cwd=REPO,
     )
     assert run.returncode == 0, run.stderr[-3000:]
