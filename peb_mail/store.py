@@ -270,7 +270,7 @@ class IngestWriter:
 
     A group commit is one call on that thread: BEGIN, one INSERT per waiting
     message, COMMIT. Through aiosqlite the same work takes one thread round
-    trip per statement; on a 2-core machine, moving to one call raised the
+    trip per statement. On a 2-core machine, moving to one call raised the
     listener's rate in ``make bench`` by a fifth to a third.
     """
 
@@ -349,8 +349,8 @@ class Store:
     def __init__(
         self,
         db: aiosqlite.Connection,
+        ingest_writer: IngestWriter,
         clock: Clock = time.time,
-        ingest_writer: IngestWriter | None = None,
     ) -> None:
         self._db = db
         self._lock = asyncio.Lock()
@@ -389,13 +389,12 @@ class Store:
         await db.execute("pragma foreign_keys = on")
         await db.executescript(SCHEMA)
         await _add_missing_columns(db)
-        return cls(db, clock, IngestWriter(path, busy_timeout_s))
+        return cls(db, IngestWriter(path, busy_timeout_s), clock)
 
     async def close(self) -> None:
-        if self._ingest_writer is not None:
-            await asyncio.get_running_loop().run_in_executor(
-                None, self._ingest_writer.close
-            )
+        await asyncio.get_running_loop().run_in_executor(
+            None, self._ingest_writer.close
+        )
         await self._db.close()
 
     async def __aenter__(self) -> Store:
@@ -503,10 +502,7 @@ class Store:
             rows = [row for row, _ in batch]
             try:
                 async with self._lock:
-                    if self._ingest_writer is not None:
-                        results = await self._ingest_writer.insert(rows)
-                    else:
-                        results = await self._insert_inbound(rows)
+                    results = await self._ingest_writer.insert(rows)
             except Exception as exc:
                 for _, future in batch:
                     # A caller whose SMTP session closed has a cancelled future.
@@ -516,20 +512,6 @@ class Store:
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
-
-    async def _insert_inbound(self, rows: list[tuple[Any, ...]]) -> list[int | None]:
-        """Insert received messages on the main connection (no ingest writer)."""
-        results: list[int | None] = []
-        await self._db.execute("begin immediate")
-        try:
-            for row in rows:
-                cursor = await self._db.execute(INSERT_INBOUND, row)
-                results.append(cursor.lastrowid if cursor.rowcount == 1 else None)
-        except BaseException:
-            await self._db.execute("rollback")
-            raise
-        await self._db.execute("commit")
-        return results
 
     async def received_inbound_ids(
         self, limit: int = 50, received_before: float | None = None

@@ -209,7 +209,6 @@ async def test_full_disk_answers_451(listener: Running) -> None:
     # The test reaches into the connection that commits received mail because
     # the pragma applies per connection.
     writer = listener.store._ingest_writer  # noqa: SLF001
-    assert writer is not None
     pages = await writer.execute("pragma page_count")
     await writer.execute(f"pragma max_page_count = {pages[0][0]}")
     big = MESSAGE + (b"y" * 70 + b"\r\n") * 50
@@ -237,7 +236,6 @@ async def test_full_disk_answers_451(listener: Running) -> None:
 
 async def test_read_only_database_answers_451(listener: Running) -> None:
     writer = listener.store._ingest_writer  # noqa: SLF001
-    assert writer is not None
     await writer.execute("pragma query_only = 1")
     with pytest.raises(aiosmtplib.SMTPDataError) as refused:
         await aiosmtplib.send(
@@ -254,7 +252,6 @@ async def test_read_only_database_answers_451(listener: Running) -> None:
 
 async def test_store_recovers_after_failure(listener: Running) -> None:
     writer = listener.store._ingest_writer  # noqa: SLF001
-    assert writer is not None
     await writer.execute("pragma query_only = 1")
     with pytest.raises(aiosmtplib.SMTPDataError):
         await aiosmtplib.send(

@@ -145,9 +145,8 @@ async def test_connection_pragmas(store: Store) -> None:
 
 async def test_ingest_connection_pragmas(store: Store) -> None:
     # Received mail is committed on the ingest writer's own connection, which
-    # must sync every commit to disk before the listener answers 250.
+    # must sync every commit to disk before the listener replies 250.
     writer = store._ingest_writer  # noqa: SLF001
-    assert writer is not None
     [(synchronous,)] = await writer.execute("pragma synchronous")
     [(busy_timeout_ms,)] = await writer.execute("pragma busy_timeout")
     assert synchronous == 2  # FULL
