@@ -459,20 +459,20 @@ async def test_smtp_stall_mid_data_retried(
 
 
 class GatedSmarthost(Smarthost):
-    """Smarthost that holds each DATA until ``expected`` deliveries are in DATA."""
+    """Smarthost that keeps each DATA waiting until ``expected`` are in DATA."""
 
     def __init__(self, expected: int) -> None:
         super().__init__()
         self.expected = expected
         self.in_data = 0
-        self.most_in_data = 0
+        self.max_in_data = 0
         self.all_arrived = asyncio.Event()
 
     async def handle_DATA(
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
         self.in_data += 1
-        self.most_in_data = max(self.most_in_data, self.in_data)
+        self.max_in_data = max(self.max_in_data, self.in_data)
         if self.in_data >= self.expected:
             self.all_arrived.set()
         try:
@@ -485,64 +485,6 @@ class GatedSmarthost(Smarthost):
         return await super().handle_DATA(server, session, envelope)
 
 
-async def test_concurrency_delivers_in_parallel(store: Store) -> None:
-    gated = GatedSmarthost(expected=3)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: SMTP(gated, hostname="smarthost.test"), host="127.0.0.1", port=0
-    )
-    gated.port = server.sockets[0].getsockname()[1]
-    try:
-        for index in range(3):
-            email = NewEmail(
-                message_id=f"<parallel{index}@peb-mail.test>",
-                kind="feedback",
-                envelope_from=FROM,
-                rcpt_tos=(ANA,),
-                raw=RAW,
-            )
-            async with store.transaction() as db:
-                await sql.insert_outbox(db, email, store.clock())
-        config = dataclasses.replace(smtp_config(gated.port), concurrency=3)
-        sender = Sender(store, SmtpTransport(config), config)
-        assert await sender.run_once() == 3
-    finally:
-        server.close()
-        await server.wait_closed()
-    assert gated.most_in_data == 3
-    assert len(gated.accepted) == 3
-    states = [email.state for email in await store.list_outbox()]
-    assert states == ["sent", "sent", "sent"]
-
-
-async def test_concurrency_one_is_sequential(store: Store) -> None:
-    gated = GatedSmarthost(expected=2)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: SMTP(gated, hostname="smarthost.test"), host="127.0.0.1", port=0
-    )
-    gated.port = server.sockets[0].getsockname()[1]
-    try:
-        for index in range(2):
-            email = NewEmail(
-                message_id=f"<serial{index}@peb-mail.test>",
-                kind="feedback",
-                envelope_from=FROM,
-                rcpt_tos=(ANA,),
-                raw=RAW,
-            )
-            async with store.transaction() as db:
-                await sql.insert_outbox(db, email, store.clock())
-        config = dataclasses.replace(smtp_config(gated.port), concurrency=1)
-        sender = Sender(store, SmtpTransport(config), config)
-        assert await sender.run_once() == 2
-    finally:
-        server.close()
-        await server.wait_closed()
-    assert gated.most_in_data == 1
-    assert len(gated.accepted) == 2
-
-
 async def queue_numbered(store: Store, number: int) -> None:
     email = NewEmail(
         message_id=f"<n{number}@peb-mail.test>",
@@ -553,6 +495,36 @@ async def queue_numbered(store: Store, number: int) -> None:
     )
     async with store.transaction() as db:
         await sql.insert_outbox(db, email, store.clock())
+
+
+async def deliver_gated(store: Store, emails: int, concurrency: int) -> GatedSmarthost:
+    """Queue ``emails`` emails and run the sender once against a gated smarthost."""
+    gated = GatedSmarthost(expected=emails)
+    server, port = await counting_smarthost(gated, [])
+    try:
+        for number in range(emails):
+            await queue_numbered(store, number)
+        config = dataclasses.replace(smtp_config(port), concurrency=concurrency)
+        sender = Sender(store, SmtpTransport(config), config)
+        assert await sender.run_once() == emails
+    finally:
+        server.close()
+        await server.wait_closed()
+    return gated
+
+
+async def test_concurrency_delivers_in_parallel(store: Store) -> None:
+    gated = await deliver_gated(store, emails=3, concurrency=3)
+    assert gated.max_in_data == 3
+    assert len(gated.accepted) == 3
+    states = [email.state for email in await store.list_outbox()]
+    assert states == ["sent", "sent", "sent"]
+
+
+async def test_concurrency_one_is_sequential(store: Store) -> None:
+    gated = await deliver_gated(store, emails=2, concurrency=1)
+    assert gated.max_in_data == 1
+    assert len(gated.accepted) == 2
 
 
 async def counting_smarthost(
