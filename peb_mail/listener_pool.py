@@ -59,10 +59,12 @@ class ListenerPool:
         """Start the helpers; the main listener must already be bound."""
         if self.count <= 0:
             return
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         ours.setblocking(False)
         self._report_socket = ours
         asyncio.get_running_loop().add_reader(ours.fileno(), self._drain)
+
         # "spawn" starts a fresh interpreter: forking a process with a running
         # event loop and SQLite connections is unsafe.
         context = multiprocessing.get_context("spawn")
@@ -84,6 +86,7 @@ class ListenerPool:
             process.start()
             self.processes.append(process)
         theirs.close()
+
         logger.info(
             "helper processes started on port %d: %s",
             self.port,

@@ -930,6 +930,11 @@ async def bench_pipeline(
     out.figure(f"{name}_p95", p95, "ms")
     out.figure(f"{name}_p99", p99, "ms", goal=100.0, lower_is_better=True)
     breakdown = stage_breakdown(stages, dict(sent), sink.feedback)
+    # The target is set for 100/s; slower runs only show where it holds.
+    if rate >= 100:
+        within_target = verdict(p99 <= 100.0)
+    else:
+        within_target = "yes" if p99 <= 100.0 else "no"
     out.pipeline_rows.append(
         [
             grader,
@@ -940,7 +945,7 @@ async def bench_pipeline(
             f"{p50:.0f}",
             f"{p95:.0f}",
             f"{p99:.0f}",
-            verdict(p99 <= 100.0) if rate >= 100 else ("yes" if p99 <= 100 else "no"),
+            within_target,
             breakdown,
         ]
     )
@@ -1072,8 +1077,8 @@ async def bench_grading(settings: Settings, out: Report) -> None:
             with sqlite3.connect(database) as db:
                 db.execute("update jobs set not_before = 0")
             # The model stub shares this event loop, so the wait polls the
-            # database only every 0.1 s; the times come from the stub's
-            # arrival log and the jobs' own finishing times, not from polling.
+            # database only every 0.1 s. The times come from the stub's arrival
+            # log and the jobs' own finishing times instead.
             await wait_until(
                 lambda: (
                     db_scalar(
